@@ -1,0 +1,419 @@
+//! The public handle: insert workflows, report terminal steps, announce, subscribe, wait.
+
+mod builder;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorRef, MessagingErr};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info_span, warn};
+
+pub use builder::Builder;
+
+use crate::actors::Topic;
+use crate::actors::registry::{RegistryMessage, Subscriber};
+use crate::actors::supervisor::{Supervisor, SupervisorMessage};
+use crate::actors::sweeper::SweeperMessage;
+use crate::completion::{Announcement, ClaimResult, Overlay, try_claim};
+use crate::error::{Error, Result};
+use crate::event::{DetectedBy, WorkflowFinished};
+use crate::ids::{NodeId, StepId, WorkflowId};
+use crate::metrics::{Stats, StatsSnapshot};
+use crate::state::TerminalState;
+use crate::store::{Store, Transition, WorkflowStatus};
+use crate::workflow::Workflow;
+
+/// Tunables, set through [`Builder`].
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) sweep_interval: Duration,
+    pub(crate) sweep_batch: u32,
+    pub(crate) supervisor_idle: Duration,
+}
+
+/// State shared by the handle, the actors and the runner.
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) node: NodeId,
+    pub(crate) config: Config,
+    pub(crate) stats: Stats,
+    pub(crate) registry: ActorRef<RegistryMessage>,
+    pub(crate) supervisors: DashMap<WorkflowId, ActorRef<SupervisorMessage>>,
+    pub(crate) sweeper: std::sync::Mutex<Option<ActorRef<SweeperMessage>>>,
+    /// Wakes the runner's fetcher when new work may be available.
+    pub(crate) work_available: Notify,
+    pub(crate) shut_down: AtomicBool,
+    next_token: AtomicU64,
+}
+
+/// A baton instance: one node's view of a database, its actors and its subscribers.
+///
+/// Cheap to clone; every clone is the same instance.
+///
+/// ```no_run
+/// use baton::{Baton, Step, Workflow};
+/// # async fn run() -> baton::Result<()> {
+/// let baton = Baton::builder().database_url("sqlite:baton.db").migrate(true).connect().await?;
+/// let wf = Workflow::new("hello").step(Step::new("greet", "print"));
+/// let id = baton.insert_workflow(wf).await?;
+/// # let _ = id;
+/// baton.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Baton {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Baton {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Baton")
+            .field("node", &self.inner.node)
+            .field("backend", &self.inner.store.backend())
+            .finish()
+    }
+}
+
+impl Baton {
+    /// Starts configuring a baton instance.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// This instance's node id (fresh per process incarnation).
+    pub fn node(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    /// Which backend this instance uses: `"postgres"` or `"sqlite"`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
+    }
+
+    /// Counters kept by this instance.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Inserts a workflow and all its steps in one transaction.
+    ///
+    /// A workflow with no steps is announced `completed` at once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidWorkflow`] for a bad definition (nothing is written), or a database error.
+    pub async fn insert_workflow(&self, workflow: Workflow) -> Result<WorkflowId> {
+        workflow.validate()?;
+        self.inner.store.insert_workflow(&workflow).await?;
+        let id = workflow.id;
+        if workflow.steps.is_empty() {
+            // Nothing will ever call check for it: announce now (the sweep is the backstop).
+            if let Err(e) = self.announce_by(id, DetectedBy::Prompt).await {
+                warn!(workflow_id = %id, error = %e, "announcing an empty workflow failed; the sweep will retry");
+            }
+        } else {
+            self.inner.work_available.notify_waiters();
+        }
+        Ok(id)
+    }
+
+    /// Reports that `step` of `workflow` reached `state`. The prompt detection path.
+    ///
+    /// Call it after every terminal transition, after (or, for hosts that write late, before)
+    /// the state is committed: `state` is overlaid on what the database reports. It never fails
+    /// and never waits on the database: errors are logged and counted, and the sweep announces
+    /// anything a failed check missed.
+    pub async fn check(&self, workflow: WorkflowId, step: StepId, state: TerminalState) {
+        self.inner.stats.check();
+        let span =
+            info_span!("baton.check", workflow_id = %workflow, step_id = %step, state = ?state);
+        async {
+            let mut msg = SupervisorMessage::StepTerminal {
+                step_id: step,
+                state,
+                at: Instant::now(),
+            };
+            for _ in 0..3 {
+                let sup = match self.supervisor(workflow).await {
+                    Ok(sup) => sup,
+                    Err(e) => {
+                        self.inner.stats.check_error();
+                        warn!(error = %e, "check could not reach a supervisor; the sweep will announce");
+                        return;
+                    }
+                };
+                match sup.send_message(msg) {
+                    Ok(()) => return,
+                    Err(MessagingErr::SendErr(back)) => {
+                        // The supervisor stopped between lookup and send: forget it, try a new one.
+                        self.inner
+                            .supervisors
+                            .remove_if(&workflow, |_, r| r.get_id() == sup.get_id());
+                        msg = back;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.inner.stats.check_error();
+            warn!("check could not deliver its report; the sweep will announce");
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn supervisor(&self, wf: WorkflowId) -> Result<ActorRef<SupervisorMessage>> {
+        if let Some(sup) = self.inner.supervisors.get(&wf) {
+            return Ok(sup.clone());
+        }
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        let (sup, _) = Actor::spawn(None, Supervisor::new(self.inner.clone()), wf)
+            .await
+            .map_err(|e| Error::Actor {
+                context: "spawning a workflow supervisor",
+                reason: e.to_string(),
+            })?;
+        // Two checks may race to spawn: the first one in the map wins, the other stops its own.
+        let winner = self
+            .inner
+            .supervisors
+            .entry(wf)
+            .or_insert_with(|| sup.clone())
+            .clone();
+        if winner.get_id() != sup.get_id() {
+            sup.stop(None);
+        }
+        Ok(winner)
+    }
+
+    /// Announces `workflow` if it has settled: the backstop path, reading the database only.
+    ///
+    /// Returns [`Announcement::Finished`] when this call made the announcement, and
+    /// [`Announcement::Noop`] when the workflow is still running or was already announced.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`] for an unknown id, or a database error.
+    pub async fn announce(&self, workflow: WorkflowId) -> Result<Announcement> {
+        self.announce_by(workflow, DetectedBy::Sweep).await
+    }
+
+    pub(crate) async fn announce_by(
+        &self,
+        workflow: WorkflowId,
+        detected_by: DetectedBy,
+    ) -> Result<Announcement> {
+        let result = self
+            .inner
+            .claim(workflow, &mut Overlay::new(), detected_by, None)
+            .await?;
+        match result {
+            ClaimResult::Won(event) => Ok(Announcement::Finished(Box::new(event))),
+            ClaimResult::Unknown => Err(Error::WorkflowNotFound(workflow)),
+            ClaimResult::NotSettled | ClaimResult::Lost => Ok(Announcement::Noop),
+        }
+    }
+
+    /// Subscribes an actor to finished workflows on `topic`. Its message type must be buildable
+    /// from [`WorkflowFinished`]. The subscription is in place when this returns.
+    ///
+    /// # Errors
+    /// [`Error::Actor`] when the registry is gone (the instance was shut down).
+    pub async fn subscribe<M>(&self, actor: ActorRef<M>, topic: Topic) -> Result<()>
+    where
+        M: ractor::Message + From<WorkflowFinished>,
+    {
+        let subscriber = Subscriber::new(actor);
+        ractor::call_t!(
+            self.inner.registry,
+            |reply| RegistryMessage::Subscribe {
+                subscriber,
+                topic,
+                reply
+            },
+            5_000
+        )
+        .map_err(|e| Error::Actor {
+            context: "subscribing",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Removes every subscription of `actor`.
+    pub fn unsubscribe<M: ractor::Message>(&self, actor: &ActorRef<M>) {
+        let _ = self
+            .inner
+            .registry
+            .send_message(RegistryMessage::Unsubscribe {
+                actor: actor.get_id(),
+            });
+    }
+
+    /// Waits until `workflow` is announced and returns the event; returns the stored event at
+    /// once for a workflow announced long ago.
+    ///
+    /// Interest is registered before the database is read, so an announcement at any instant
+    /// around the call is seen.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`] at once for an unknown id; [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Cancel Safety
+    /// Cancel-safe: dropping the future leaves at most a waiter entry that the next
+    /// announcement of that workflow clears.
+    pub async fn wait_finished(
+        &self,
+        workflow: WorkflowId,
+        timeout: Duration,
+    ) -> Result<WorkflowFinished> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        ractor::call_t!(
+            self.inner.registry,
+            |reply| RegistryMessage::Wait {
+                workflow_id: workflow,
+                token,
+                waiter: tx,
+                reply
+            },
+            5_000
+        )
+        .map_err(|e| Error::Actor {
+            context: "registering a waiter",
+            reason: e.to_string(),
+        })?;
+        let unwait = || {
+            let _ = self.inner.registry.send_message(RegistryMessage::Unwait {
+                workflow_id: workflow,
+                token,
+            });
+        };
+        let mut first = true;
+        loop {
+            // Another node may have claimed it: the database is the truth, re-read it now and then.
+            match self.inner.store.completion(workflow).await {
+                Ok(Some(done)) => {
+                    unwait();
+                    return Ok(done);
+                }
+                Ok(None) if first => {
+                    if self.inner.store.status(workflow).await?.is_none() {
+                        unwait();
+                        return Err(Error::WorkflowNotFound(workflow));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "wait_finished: reading the claim failed; retrying"),
+            }
+            first = false;
+            let poll = deadline.min(tokio::time::Instant::now() + self.inner.config.sweep_interval);
+            match tokio::time::timeout_at(poll, &mut rx).await {
+                Ok(Ok(event)) => return Ok(event),
+                Ok(Err(_)) => return Err(Error::Shutdown),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    unwait();
+                    return Err(Error::Timeout(timeout));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Counts by state, and the announcement once finished.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`] for an unknown id, or a database error.
+    pub async fn status(&self, workflow: WorkflowId) -> Result<WorkflowStatus> {
+        self.inner
+            .store
+            .status(workflow)
+            .await?
+            .ok_or(Error::WorkflowNotFound(workflow))
+    }
+
+    /// Announcements after position `seq` of the completions table, in order.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn completions_after(&self, seq: i64, limit: u32) -> Result<Vec<WorkflowFinished>> {
+        self.inner.store.completions_after(seq, limit).await
+    }
+
+    /// Reports every terminal transition a committed write made. The single path from a
+    /// terminal write to the claim.
+    pub(crate) async fn report(&self, transitions: &[Transition]) {
+        for t in transitions {
+            crate::metrics::step_finished(crate::state::StepState::from(t.state).as_str());
+            self.check(t.workflow_id, t.step_id, t.state).await;
+        }
+    }
+
+    /// Stops the sweeper, the supervisors and the registry, and closes the database pool.
+    pub async fn shutdown(&self) {
+        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sweeper = self.inner.sweeper.lock().ok().and_then(|mut s| s.take());
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper
+                .stop_and_wait(None, Some(Duration::from_secs(10)))
+                .await;
+        }
+        let sups: Vec<_> = self
+            .inner
+            .supervisors
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        for sup in sups {
+            let _ = sup.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        }
+        self.inner.supervisors.clear();
+        let _ = self
+            .inner
+            .registry
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        self.inner.store.close().await;
+    }
+}
+
+impl Inner {
+    /// Claims `wf` if settled and, when this call won, publishes the event and records metrics.
+    pub(crate) async fn claim(
+        &self,
+        wf: WorkflowId,
+        overlay: &mut Overlay,
+        detected_by: DetectedBy,
+        last_report: Option<Instant>,
+    ) -> Result<ClaimResult> {
+        let result = try_claim(
+            &self.store,
+            wf,
+            overlay,
+            detected_by,
+            &self.node,
+            &self.stats,
+        )
+        .await?;
+        if let ClaimResult::Won(event) = &result {
+            self.stats
+                .claim_won(event.outcome, detected_by, last_report.map(|t| t.elapsed()));
+            tracing::info!(
+                workflow_id = %wf,
+                name = %event.name,
+                outcome = event.outcome.as_str(),
+                failed = event.failed_steps.len(),
+                path = detected_by.as_str(),
+                "workflow finished"
+            );
+            let _ = self
+                .registry
+                .send_message(RegistryMessage::Publish(Arc::new(event.clone())));
+        }
+        Ok(result)
+    }
+}

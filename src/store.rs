@@ -1,0 +1,280 @@
+//! Storage: one type per backend behind the [`Store`] enum, with the same operations on each.
+//!
+//! Every statement is a `const` with bound parameters next to the function that runs it.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::event::{DetectedBy, Outcome, StepCounts, WorkflowFinished};
+use crate::ids::{NodeId, StepId, WorkflowId};
+use crate::state::{StepState, TerminalState};
+use crate::workflow::Workflow;
+
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub(crate) use sqlite::SqliteStore;
+
+/// How to connect: pool size and the like.
+#[derive(Clone, Debug)]
+pub(crate) struct StoreOptions {
+    /// Connections in the pool (Postgres) or readers (SQLite; writes use one connection).
+    pub(crate) max_connections: u32,
+    /// How long to wait for a connection before failing.
+    pub(crate) acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A step handed to a worker by [`Store::fetch`].
+#[derive(Clone, Debug)]
+pub(crate) struct FetchedStep {
+    pub(crate) id: StepId,
+    pub(crate) workflow_id: WorkflowId,
+    pub(crate) name: String,
+    pub(crate) kind: String,
+    pub(crate) args: Value,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+}
+
+/// How an attempt ended, as written by [`Store::end_attempt`].
+#[derive(Clone, Debug)]
+pub(crate) enum AttemptEnd {
+    /// The handler succeeded.
+    Completed,
+    /// The handler failed and another attempt is due after `delay`.
+    Retry { error: String, delay: Duration },
+    /// The handler failed for good.
+    Discarded { error: String },
+}
+
+/// A step that reached a terminal state in a committed write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) workflow_id: WorkflowId,
+    pub(crate) step_id: StepId,
+    pub(crate) state: TerminalState,
+}
+
+/// What detection learned about a workflow's non-terminal steps.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Outstanding {
+    /// Steps the caller believes terminal that the database still shows non-terminal.
+    pub(crate) lagging: Vec<StepId>,
+    /// Whether any other step is non-terminal.
+    pub(crate) others: bool,
+}
+
+/// The rows the outcome is computed from.
+#[derive(Clone, Debug)]
+pub(crate) struct SettlementRows {
+    pub(crate) name: String,
+    pub(crate) completed: u64,
+    /// Every step not `completed` in the database: id, name, state.
+    pub(crate) not_completed: Vec<(StepId, String, StepState)>,
+}
+
+/// The claim row to insert.
+#[derive(Clone, Debug)]
+pub(crate) struct NewClaim<'a> {
+    pub(crate) workflow_id: WorkflowId,
+    pub(crate) name: &'a str,
+    pub(crate) outcome: Outcome,
+    pub(crate) failed_steps: &'a [String],
+    pub(crate) counts: StepCounts,
+    pub(crate) detected_by: DetectedBy,
+    pub(crate) node: &'a NodeId,
+    pub(crate) finished_at: DateTime<Utc>,
+}
+
+/// A workflow's progress, as shown by `baton status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkflowStatus {
+    /// The workflow.
+    pub id: WorkflowId,
+    /// Its name.
+    pub name: String,
+    /// Steps per state (states with no steps are left out).
+    pub counts: BTreeMap<String, u64>,
+    /// The announcement, once the workflow has finished.
+    pub finished: Option<WorkflowFinished>,
+}
+
+/// A database: PostgreSQL or SQLite.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    #[cfg(feature = "postgres")]
+    Postgres(PgStore),
+    #[cfg(feature = "sqlite")]
+    Sqlite(SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            #[cfg(feature = "postgres")]
+            Store::Postgres($s) => $body,
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite($s) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `url`: `postgres://…`/`postgresql://…`, or `sqlite:…` (file created if missing).
+    pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(Store::Postgres(PgStore::connect(url, options).await?)),
+            #[cfg(feature = "sqlite")]
+            "sqlite" => Ok(Store::Sqlite(SqliteStore::connect(url, options).await?)),
+            _ => Err(Error::InvalidUrl {
+                url: redact_url(url),
+                reason: "expected a postgres://, postgresql:// or sqlite: URL".into(),
+            }),
+        }
+    }
+
+    /// Which backend this is, for logs.
+    pub(crate) fn backend(&self) -> &'static str {
+        dispatch!(self, _s => _s.backend())
+    }
+
+    /// Applies baton's migrations (idempotent), in baton's own ledger table.
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// Fails with [`Error::NotMigrated`] unless every migration has been applied.
+    pub(crate) async fn ensure_migrated(&self) -> Result<()> {
+        dispatch!(self, s => s.ensure_migrated().await)
+    }
+
+    /// Inserts a validated workflow and all its steps in one transaction.
+    pub(crate) async fn insert_workflow(&self, wf: &Workflow) -> Result<()> {
+        dispatch!(self, s => s.insert_workflow(wf).await)
+    }
+
+    /// Detection's one query: which of `believed_terminal` still read non-terminal, and whether
+    /// any other step does. Reads O(|believed_terminal| + 1) index rows.
+    pub(crate) async fn outstanding(
+        &self,
+        wf: WorkflowId,
+        believed_terminal: &[StepId],
+    ) -> Result<Outstanding> {
+        dispatch!(self, s => s.outstanding(wf, believed_terminal).await)
+    }
+
+    /// The rows an outcome is computed from, or `None` for an unknown workflow.
+    pub(crate) async fn settlement_rows(&self, wf: WorkflowId) -> Result<Option<SettlementRows>> {
+        dispatch!(self, s => s.settlement_rows(wf).await)
+    }
+
+    /// The claim: inserts the completion row unless one exists, closes the workflow, and (on
+    /// Postgres) notifies other nodes in the same transaction. Returns the claim's `seq` when this
+    /// call won, `None` when another claim exists.
+    pub(crate) async fn claim(&self, claim: &NewClaim<'_>) -> Result<Option<i64>> {
+        dispatch!(self, s => s.claim(claim).await)
+    }
+
+    /// Open workflows whose steps are all terminal, oldest first, at most `limit`.
+    pub(crate) async fn settled_open_workflows(&self, limit: u32) -> Result<Vec<WorkflowId>> {
+        dispatch!(self, s => s.settled_open_workflows(limit).await)
+    }
+
+    /// The stored announcement of a workflow, if it has been claimed.
+    pub(crate) async fn completion(&self, wf: WorkflowId) -> Result<Option<WorkflowFinished>> {
+        dispatch!(self, s => s.completion(wf).await)
+    }
+
+    /// Claims after `seq`, in order, at most `limit`.
+    pub(crate) async fn completions_after(
+        &self,
+        seq: i64,
+        limit: u32,
+    ) -> Result<Vec<WorkflowFinished>> {
+        dispatch!(self, s => s.completions_after(seq, limit).await)
+    }
+
+    /// Counts by state and the announcement, or `None` for an unknown workflow.
+    pub(crate) async fn status(&self, wf: WorkflowId) -> Result<Option<WorkflowStatus>> {
+        dispatch!(self, s => s.status(wf).await)
+    }
+
+    /// Marks up to `limit` runnable steps of the given kinds `executing` for `node`, fenced by a
+    /// fresh attempt number, and returns them.
+    pub(crate) async fn fetch(
+        &self,
+        node: &NodeId,
+        kinds: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<FetchedStep>> {
+        dispatch!(self, s => s.fetch(node, kinds, limit, lease).await)
+    }
+
+    /// Ends an attempt, fenced by step id and attempt number: writes the new state, promotes the
+    /// dependents of a completed step, cancels the dependents of a discarded one, all in one
+    /// transaction. Returns the terminal transitions it committed (none when the attempt was stale).
+    pub(crate) async fn end_attempt(
+        &self,
+        step: &FetchedStep,
+        end: &AttemptEnd,
+    ) -> Result<Vec<Transition>> {
+        dispatch!(self, s => s.end_attempt(step, end).await)
+    }
+
+    /// Closes the pool.
+    pub(crate) async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+}
+
+/// Replaces the password of a URL with `***`, for logs and errors.
+///
+/// ```
+/// assert_eq!(
+///     baton::redact_url("postgres://app:s3cret@db:5432/x"),
+///     "postgres://app:***@db:5432/x"
+/// );
+/// assert_eq!(baton::redact_url("sqlite:baton.db"), "sqlite:baton.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Unparseable: keep only what cannot hold a password.
+        Err(_) => match url.split_once('@') {
+            Some((_, host)) => format!("<redacted>@{host}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
+/// Backoff for retrying transient database errors: 50 ms doubling to 2 s, with jitter.
+pub(crate) fn transient_backoff(attempt: u32) -> Duration {
+    let base = 50u64.saturating_mul(1 << attempt.min(6)).min(2_000);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
