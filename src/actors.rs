@@ -3,8 +3,11 @@
 //! ```text
 //!  check ──StepTerminal──▶ WorkflowSupervisor ──┐
 //!  Sweeper ──tick──▶ announce ──────────────────┤──▶ claim ──winner──▶ Registry ──▶ subscribers
+//!                                                      └─NOTIFY─▶ other nodes' Notifier ──▶ Registry
 //! ```
 
+#[cfg(feature = "postgres")]
+pub(crate) mod notifier;
 pub(crate) mod registry;
 pub(crate) mod supervisor;
 pub(crate) mod sweeper;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::{Actor, ActorRef, MessagingErr};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 pub use builder::Builder;
@@ -26,12 +27,25 @@ use crate::state::TerminalState;
 use crate::store::{Store, Transition, WorkflowStatus};
 use crate::workflow::Workflow;
 
+/// What [`Baton::cancel_workflow`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CancelOutcome {
+    /// The workflow had already been announced; nothing changed.
+    pub already_finished: bool,
+    /// Waiting steps cancelled at once.
+    pub cancelled: usize,
+    /// Executing steps asked to stop; they end `cancelled`.
+    pub stopping: usize,
+}
+
 /// Tunables, set through [`Builder`].
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) sweep_interval: Duration,
     pub(crate) sweep_batch: u32,
     pub(crate) supervisor_idle: Duration,
+    /// How long a node's lease lasts without renewal; its runner renews it every third of that.
+    pub(crate) lease: Duration,
 }
 
 /// State shared by the handle, the actors and the runner.
@@ -43,8 +57,12 @@ pub(crate) struct Inner {
     pub(crate) registry: ActorRef<RegistryMessage>,
     pub(crate) supervisors: DashMap<WorkflowId, ActorRef<SupervisorMessage>>,
     pub(crate) sweeper: std::sync::Mutex<Option<ActorRef<SweeperMessage>>>,
+    /// Relays other nodes' claims (Postgres only).
+    pub(crate) notifier: std::sync::Mutex<Option<ractor::ActorCell>>,
     /// Wakes the runner's fetcher when new work may be available.
     pub(crate) work_available: Notify,
+    /// Cancellation signals of the steps this node is running.
+    pub(crate) running: DashMap<StepId, CancellationToken>,
     pub(crate) shut_down: AtomicBool,
     next_token: AtomicU64,
 }
@@ -322,6 +340,58 @@ impl Baton {
         }
     }
 
+    /// Cancels a workflow: every waiting step becomes `cancelled` now; executing ones are asked
+    /// to stop (their handler sees [`StepContext::cancelled`](crate::StepContext::cancelled)) and
+    /// end `cancelled`. The workflow is then announced `failed` once, listing the cancelled steps.
+    /// Cancelling an announced workflow changes nothing and says so.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`] for an unknown id, or a database error.
+    pub async fn cancel_workflow(&self, workflow: WorkflowId) -> Result<CancelOutcome> {
+        let cancelled = self.inner.store.cancel_workflow(workflow).await?;
+        for step in &cancelled.executing {
+            if let Some(token) = self.inner.running.get(step) {
+                token.cancel();
+            }
+        }
+        self.report(&cancelled.transitions).await;
+        Ok(CancelOutcome {
+            already_finished: cancelled.already_finished,
+            cancelled: cancelled.transitions.len(),
+            stopping: cancelled.executing.len(),
+        })
+    }
+
+    /// Gives a discarded or cancelled step (whose dependencies completed) of a running workflow
+    /// one more attempt.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowClosed`] once the workflow was announced; [`Error::WorkflowNotFound`];
+    /// [`Error::InvalidWorkflow`] when the step is not discarded or cancelled.
+    pub async fn retry_step(&self, workflow: WorkflowId, step_name: &str) -> Result<()> {
+        self.inner.store.retry_step(workflow, step_name).await?;
+        self.inner.work_available.notify_waiters();
+        Ok(())
+    }
+
+    /// Deletes workflows announced more than `older_than` ago — their steps, then their claim
+    /// rows — in batches of `batch`. Unannounced workflows are never touched, however old.
+    /// Returns how many workflows were deleted.
+    ///
+    /// # Errors
+    /// A database error (batches already deleted stay deleted).
+    pub async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64> {
+        let batch = batch.max(1);
+        let mut total = 0;
+        loop {
+            let n = self.inner.store.prune(older_than, batch).await?;
+            total += n;
+            if n < u64::from(batch) {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Counts by state, and the announcement once finished.
     ///
     /// # Errors
@@ -410,10 +480,15 @@ impl Inner {
                 path = detected_by.as_str(),
                 "workflow finished"
             );
-            let _ = self
-                .registry
-                .send_message(RegistryMessage::Publish(Arc::new(event.clone())));
+            self.publish(event.clone());
         }
         Ok(result)
+    }
+
+    /// Hands an announcement to this node's registry (which drops repeats).
+    pub(crate) fn publish(&self, event: WorkflowFinished) {
+        let _ = self
+            .registry
+            .send_message(RegistryMessage::Publish(Arc::new(event)));
     }
 }

@@ -14,7 +14,7 @@
 mod claim;
 mod outcome;
 
-pub(crate) use claim::{ClaimResult, Overlay, try_claim};
+pub(crate) use claim::{ClaimResult, Overlay, decide, try_claim};
 pub use outcome::{Settlement, settle};
 
 use crate::event::WorkflowFinished;

@@ -130,6 +130,6 @@ pub(crate) fn live_supervisors(delta: f64) {
     metrics::gauge!("baton_live_supervisors").increment(delta);
 }
 
-pub(crate) fn open_workflows(n: usize) {
+pub(crate) fn open_workflows(n: u64) {
     metrics::gauge!("baton_open_workflows").set(n as f64);
 }

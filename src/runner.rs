@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{Handler, StepContext, StepError};
+pub use handler::{Handler, HandlerFuture, StepContext, StepError};
 
 use crate::baton::Baton;
 
@@ -55,7 +55,6 @@ pub(crate) struct RunnerConfig {
     pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
     pub(crate) concurrency: usize,
     pub(crate) poll_interval: Duration,
-    pub(crate) lease: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
 }
@@ -91,7 +90,6 @@ impl Default for Builder {
                 handlers: HashMap::new(),
                 concurrency: 8,
                 poll_interval: Duration::from_millis(100),
-                lease: Duration::from_secs(30),
                 backoff_base: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(60),
             },
@@ -158,7 +156,8 @@ pub struct RunnerHandle {
 }
 
 impl RunnerHandle {
-    /// Stops fetching and waits for in-flight steps to finish and report.
+    /// Stops fetching, waits for in-flight steps to finish and report, and gives up this node's
+    /// lease.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.task.await;

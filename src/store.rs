@@ -10,17 +10,17 @@ mod sqlite;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::completion::{ClaimResult, Overlay};
 use crate::error::{Error, Result};
-use crate::event::{DetectedBy, Outcome, StepCounts, WorkflowFinished};
+use crate::event::{DetectedBy, WorkflowFinished};
 use crate::ids::{NodeId, StepId, WorkflowId};
 use crate::state::{StepState, TerminalState};
 use crate::workflow::Workflow;
 
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::PgStore;
+pub(crate) use postgres::{PgStore, parse_notice};
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::SqliteStore;
 
@@ -57,8 +57,8 @@ pub(crate) struct FetchedStep {
 /// How an attempt ended, as written by [`Store::end_attempt`].
 #[derive(Clone, Debug)]
 pub(crate) enum AttemptEnd {
-    /// The handler succeeded.
-    Completed,
+    /// The handler succeeded, adding these steps to its workflow (committed with its own end).
+    Completed { added: Vec<crate::workflow::Step> },
     /// The handler failed and another attempt is due after `delay`.
     Retry { error: String, delay: Duration },
     /// The handler failed for good.
@@ -91,17 +91,61 @@ pub(crate) struct SettlementRows {
     pub(crate) not_completed: Vec<(StepId, String, StepState)>,
 }
 
-/// The claim row to insert.
-#[derive(Clone, Debug)]
-pub(crate) struct NewClaim<'a> {
-    pub(crate) workflow_id: WorkflowId,
-    pub(crate) name: &'a str,
-    pub(crate) outcome: Outcome,
-    pub(crate) failed_steps: &'a [String],
-    pub(crate) counts: StepCounts,
-    pub(crate) detected_by: DetectedBy,
-    pub(crate) node: &'a NodeId,
-    pub(crate) finished_at: DateTime<Utc>,
+/// Steps taken back from lost nodes by [`Store::rescue_lost`].
+#[derive(Debug, Default)]
+pub(crate) struct Rescued {
+    /// Steps rescued (back to `retryable`, or terminal).
+    pub(crate) count: usize,
+    /// The terminal transitions among them, with cascaded cancellations.
+    pub(crate) transitions: Vec<Transition>,
+}
+
+/// What [`Store::cancel_workflow`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Cancelled {
+    /// The workflow had already been announced: nothing changed.
+    pub(crate) already_finished: bool,
+    /// Steps that were waiting and are now `cancelled`.
+    pub(crate) transitions: Vec<Transition>,
+    /// Executing steps asked to stop; they end `cancelled` when their attempt ends.
+    pub(crate) executing: Vec<StepId>,
+}
+
+impl Cancelled {
+    pub(crate) fn already_finished() -> Self {
+        Self {
+            already_finished: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// The event a claim publishes, when `rows` (with `overlay`) show the workflow settled.
+pub(crate) fn finished_event(
+    workflow_id: WorkflowId,
+    rows: SettlementRows,
+    overlay: &Overlay,
+    detected_by: DetectedBy,
+    node: &NodeId,
+) -> Option<WorkflowFinished> {
+    match crate::completion::decide(&rows, overlay) {
+        crate::completion::Settlement::Settled {
+            outcome,
+            failed_steps,
+            counts,
+        } => Some(WorkflowFinished {
+            workflow_id,
+            name: rows.name,
+            outcome,
+            failed_steps,
+            counts,
+            detected_by,
+            node: node.clone(),
+            finished_at: chrono::Utc::now(),
+            seq: 0,
+        }),
+        crate::completion::Settlement::Running { .. } => None,
+    }
 }
 
 /// A workflow's progress, as shown by `baton status`.
@@ -183,21 +227,27 @@ impl Store {
         dispatch!(self, s => s.outstanding(wf, believed_terminal).await)
     }
 
-    /// The rows an outcome is computed from, or `None` for an unknown workflow.
-    pub(crate) async fn settlement_rows(&self, wf: WorkflowId) -> Result<Option<SettlementRows>> {
-        dispatch!(self, s => s.settlement_rows(wf).await)
-    }
-
-    /// The claim: inserts the completion row unless one exists, closes the workflow, and (on
-    /// Postgres) notifies other nodes in the same transaction. Returns the claim's `seq` when this
-    /// call won, `None` when another claim exists.
-    pub(crate) async fn claim(&self, claim: &NewClaim<'_>) -> Result<Option<i64>> {
-        dispatch!(self, s => s.claim(claim).await)
+    /// The claim, in one transaction: lock the workflow row, read its steps, decide settledness
+    /// and outcome (with `overlay`), insert the completion row unless one exists, close the
+    /// workflow and (on Postgres) notify other nodes, so the notice goes out iff the claim commits.
+    pub(crate) async fn claim(
+        &self,
+        wf: WorkflowId,
+        overlay: &Overlay,
+        detected_by: DetectedBy,
+        node: &NodeId,
+    ) -> Result<ClaimResult> {
+        dispatch!(self, s => s.claim(wf, overlay, detected_by, node).await)
     }
 
     /// Open workflows whose steps are all terminal, oldest first, at most `limit`.
     pub(crate) async fn settled_open_workflows(&self, limit: u32) -> Result<Vec<WorkflowId>> {
         dispatch!(self, s => s.settled_open_workflows(limit).await)
+    }
+
+    /// How many workflows are not yet announced (an index-only count over open workflows).
+    pub(crate) async fn open_workflows(&self) -> Result<u64> {
+        dispatch!(self, s => s.open_workflows().await)
     }
 
     /// The stored announcement of a workflow, if it has been claimed.
@@ -242,6 +292,39 @@ impl Store {
         dispatch!(self, s => s.end_attempt(step, end).await)
     }
 
+    /// Renews this node's lease (registering it on first call) and returns the executing steps
+    /// it owns whose workflow was cancelled.
+    pub(crate) async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<Vec<StepId>> {
+        dispatch!(self, s => s.heartbeat(node, lease).await)
+    }
+
+    /// Gives up this node's lease (at graceful shutdown): whatever it still owns is rescued.
+    pub(crate) async fn release_node(&self, node: &NodeId) -> Result<()> {
+        dispatch!(self, s => s.release_node(node).await)
+    }
+
+    /// Takes back up to `limit` executing steps whose owner's lease expired: to `retryable` when
+    /// attempts remain, else `discarded` (or `cancelled` when cancellation was requested), with
+    /// the same dependent handling as [`end_attempt`](Self::end_attempt).
+    pub(crate) async fn rescue_lost(&self, limit: u32) -> Result<Rescued> {
+        dispatch!(self, s => s.rescue_lost(limit).await)
+    }
+
+    /// Cancels every waiting step of an open workflow and flags its executing ones.
+    pub(crate) async fn cancel_workflow(&self, wf: WorkflowId) -> Result<Cancelled> {
+        dispatch!(self, s => s.cancel_workflow(wf).await)
+    }
+
+    /// Gives a discarded or cancelled step of an open workflow one more attempt.
+    pub(crate) async fn retry_step(&self, wf: WorkflowId, name: &str) -> Result<()> {
+        dispatch!(self, s => s.retry_step(wf, name).await)
+    }
+
+    /// Deletes up to `limit` workflows announced more than `older_than` ago; returns how many.
+    pub(crate) async fn prune(&self, older_than: Duration, limit: u32) -> Result<u64> {
+        dispatch!(self, s => s.prune(older_than, limit).await)
+    }
+
     /// Closes the pool.
     pub(crate) async fn close(&self) {
         dispatch!(self, s => s.close().await)
@@ -256,6 +339,7 @@ impl Store {
 ///     "postgres://app:***@db:5432/x"
 /// );
 /// assert_eq!(baton::redact_url("sqlite:baton.db"), "sqlite:baton.db");
+/// assert_eq!(baton::redact_url("app:s3cret@db/x"), "<redacted>@db/x");
 /// ```
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -263,9 +347,11 @@ pub fn redact_url(url: &str) -> String {
             let _ = parsed.set_password(Some("***"));
             parsed.to_string()
         }
-        Ok(_) => url.to_owned(),
-        // Unparseable: keep only what cannot hold a password.
-        Err(_) => match url.split_once('@') {
+        // No authority part: `app:s3cret@db/x` (a forgotten scheme) parses as scheme `app` with
+        // an opaque path, so the password is not recognised as one.
+        Ok(parsed) if !parsed.cannot_be_a_base() => url.to_owned(),
+        // Unparseable or opaque: keep only what cannot hold a password.
+        Ok(_) | Err(_) => match url.split_once('@') {
             Some((_, host)) => format!("<redacted>@{host}"),
             None => url.to_owned(),
         },

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::ids::{StepId, WorkflowId};
+use crate::state::StepState;
 
 /// Default number of attempts a step gets before it is discarded.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -197,6 +198,22 @@ impl Workflow {
         Ok(())
     }
 
+    /// The rows to insert for a new workflow: steps without dependencies are available at once.
+    pub(crate) fn rows(&self) -> Vec<NewStepRow<'_>> {
+        self.steps
+            .iter()
+            .map(|step| NewStepRow {
+                step,
+                state: if step.depends_on.is_empty() {
+                    StepState::Available
+                } else {
+                    StepState::Scheduled
+                },
+                pending: step.depends_on.len() as u32,
+            })
+            .collect()
+    }
+
     /// Dependency edges as (step, depends_on) id pairs; call after [`validate`](Self::validate).
     pub(crate) fn edges(&self) -> Vec<(StepId, StepId)> {
         let ids: HashMap<&str, StepId> =
@@ -207,6 +224,72 @@ impl Workflow {
             .flat_map(|s| s.depends_on.iter().map(move |d| (s.id, ids[d.as_str()])))
             .collect()
     }
+}
+
+/// A step to insert, with its initial state and number of dependencies not yet completed.
+#[derive(Debug)]
+pub(crate) struct NewStepRow<'a> {
+    pub(crate) step: &'a Step,
+    pub(crate) state: StepState,
+    pub(crate) pending: u32,
+}
+
+/// Plans steps added to a running workflow by one of its steps. `existing` maps the names of
+/// the workflow's steps that `added` mentions (as names or dependencies) to their id and state.
+///
+/// A new step whose existing dependency already failed is inserted `cancelled`.
+pub(crate) fn plan_additions<'a>(
+    added: &'a [Step],
+    existing: &HashMap<String, (StepId, StepState)>,
+) -> Result<(Vec<NewStepRow<'a>>, Vec<(StepId, StepId)>)> {
+    let invalid = |msg: String| Err(Error::InvalidWorkflow(msg));
+    // Validate the new steps among themselves (names, kinds, cycles), existing deps set aside.
+    let mut own = Workflow::new("added steps");
+    for step in added {
+        if existing.contains_key(&step.name) {
+            return invalid(format!(
+                "added step {:?} duplicates an existing step",
+                step.name
+            ));
+        }
+        let mut alone = step.clone();
+        alone.depends_on.retain(|d| !existing.contains_key(d));
+        own.steps.push(alone);
+    }
+    own.validate()?;
+    let new_ids: HashMap<&str, StepId> = added.iter().map(|s| (s.name.as_str(), s.id)).collect();
+    let mut rows = Vec::with_capacity(added.len());
+    let mut edges = Vec::new();
+    for step in added {
+        let mut pending = 0;
+        let mut failed_dep = false;
+        for dep in &step.depends_on {
+            if let Some(&id) = new_ids.get(dep.as_str()) {
+                pending += 1;
+                edges.push((step.id, id));
+            } else if let Some(&(id, state)) = existing.get(dep) {
+                edges.push((step.id, id));
+                match state {
+                    StepState::Completed => {}
+                    StepState::Discarded | StepState::Cancelled => failed_dep = true,
+                    _ => pending += 1,
+                }
+            }
+        }
+        let state = if failed_dep {
+            StepState::Cancelled
+        } else if pending == 0 {
+            StepState::Available
+        } else {
+            StepState::Scheduled
+        };
+        rows.push(NewStepRow {
+            step,
+            state,
+            pending,
+        });
+    }
+    Ok((rows, edges))
 }
 
 #[cfg(test)]
@@ -256,6 +339,41 @@ mod tests {
             .step(Step::new("join", "k").depends_on(["l", "r"]));
         wf.validate().unwrap();
         assert_eq!(wf.edges().len(), 4);
+    }
+
+    #[test]
+    fn additions_depend_on_new_and_existing_steps() {
+        let existing: HashMap<String, (StepId, StepState)> = [
+            ("done".to_string(), (StepId::new(), StepState::Completed)),
+            ("busy".to_string(), (StepId::new(), StepState::Executing)),
+            ("bad".to_string(), (StepId::new(), StepState::Discarded)),
+        ]
+        .into();
+        let added = vec![
+            Step::new("a", "k").depends_on(["done"]),
+            Step::new("b", "k").depends_on(["a", "busy"]),
+            Step::new("c", "k").depends_on(["bad"]),
+        ];
+        let (rows, edges) = plan_additions(&added, &existing).unwrap();
+        let summary: Vec<(StepState, u32)> = rows.iter().map(|r| (r.state, r.pending)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (StepState::Available, 0),
+                (StepState::Scheduled, 2),
+                (StepState::Cancelled, 0)
+            ]
+        );
+        assert_eq!(edges.len(), 4);
+        let dup = vec![Step::new("done", "k")];
+        assert!(plan_additions(&dup, &existing).is_err());
+        let unknown = vec![Step::new("x", "k").depends_on(["nope"])];
+        assert!(
+            plan_additions(&unknown, &existing)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown step")
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! mailbox, so a slow subscriber delays only itself. A subscriber whose actor has stopped is
 //! dropped on the next delivery (and counted).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -90,15 +90,38 @@ pub(crate) enum RegistryMessage {
 /// The registry actor.
 pub(crate) struct Registry;
 
+/// How many announced workflow ids the registry remembers to drop repeats (the same claim
+/// arriving from this node's claim and from the cross-node channel, or from a catch-up).
+const REMEMBERED: usize = 100_000;
+
 /// The registry's subscribers and waiters.
 #[derive(Default)]
 pub(crate) struct RegistryState {
     subscribers: Vec<(Topic, Subscriber)>,
     waiters: HashMap<WorkflowId, Vec<(u64, oneshot::Sender<WorkflowFinished>)>>,
+    delivered: HashSet<WorkflowId>,
+    delivered_order: VecDeque<WorkflowId>,
 }
 
 impl RegistryState {
+    /// Records a delivery; false when this workflow was already delivered.
+    fn first_delivery(&mut self, id: WorkflowId) -> bool {
+        if !self.delivered.insert(id) {
+            return false;
+        }
+        self.delivered_order.push_back(id);
+        if self.delivered_order.len() > REMEMBERED {
+            if let Some(old) = self.delivered_order.pop_front() {
+                self.delivered.remove(&old);
+            }
+        }
+        true
+    }
+
     fn publish(&mut self, event: &WorkflowFinished) {
+        if !self.first_delivery(event.workflow_id) {
+            return;
+        }
         let mut dropped = 0;
         self.subscribers.retain(|(topic, sub)| {
             if !topic.matches(event) {

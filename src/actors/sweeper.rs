@@ -11,6 +11,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::baton::Baton;
 use crate::completion::Announcement;
 use crate::event::DetectedBy;
+use crate::metrics;
 
 /// Pages of `sweep_batch` workflows one tick handles at most.
 const MAX_PAGES: usize = 20;
@@ -24,7 +25,43 @@ pub(crate) enum SweeperMessage {
 /// The sweeper actor.
 pub(crate) struct Sweeper;
 
+/// The sweeper's state.
+pub(crate) struct SweeperState {
+    baton: Baton,
+    /// Since when every sweep has reached the database. Rescue waits for a full lease of
+    /// health, so that after an outage live owners renew their leases before anyone judges them.
+    healthy_since: Option<Instant>,
+}
+
 impl Sweeper {
+    /// Takes back the steps of nodes whose lease expired; reports the terminal transitions.
+    async fn rescue(state: &mut SweeperState) -> bool {
+        let baton = &state.baton;
+        let lease = baton.inner.config.lease;
+        if !state.healthy_since.is_some_and(|t| t.elapsed() >= lease) {
+            return false;
+        }
+        match baton
+            .inner
+            .store
+            .rescue_lost(baton.inner.config.sweep_batch)
+            .await
+        {
+            Ok(rescued) => {
+                if rescued.count > 0 {
+                    warn!(steps = rescued.count, "rescued steps of lost nodes");
+                    baton.inner.work_available.notify_waiters();
+                }
+                baton.report(&rescued.transitions).await;
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "sweep: rescuing steps of lost nodes failed");
+                true
+            }
+        }
+    }
+
     /// One sweep: announce settled open workflows, batch by batch. Returns whether any error occurred.
     async fn sweep(baton: &Baton) -> bool {
         let batch = baton.inner.config.sweep_batch;
@@ -51,8 +88,12 @@ impl Sweeper {
             }
             // A short page means we have seen them all; a page of failures means stop for now.
             if (ids.len() as u32) < batch || progressed == 0 {
-                return errors;
+                break;
             }
+        }
+        match baton.inner.store.open_workflows().await {
+            Ok(n) => metrics::open_workflows(n),
+            Err(_) => errors = true,
         }
         errors
     }
@@ -60,7 +101,7 @@ impl Sweeper {
 
 impl Actor for Sweeper {
     type Msg = SweeperMessage;
-    type State = Baton;
+    type State = SweeperState;
     type Arguments = Baton;
 
     async fn pre_start(
@@ -69,21 +110,30 @@ impl Actor for Sweeper {
         baton: Baton,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_after(baton.inner.config.sweep_interval, || SweeperMessage::Tick);
-        Ok(baton)
+        Ok(SweeperState {
+            baton,
+            healthy_since: None,
+        })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        baton: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SweeperMessage::Tick => {
                 let started = Instant::now();
-                let errors = Self::sweep(baton)
-                    .instrument(info_span!("baton.sweep", node = %baton.inner.node))
-                    .await;
+                let span = info_span!("baton.sweep", node = %state.baton.inner.node);
+                let rescue_failed = Self::rescue(state).instrument(span.clone()).await;
+                let errors = Self::sweep(&state.baton).instrument(span).await || rescue_failed;
+                if errors {
+                    state.healthy_since = None;
+                } else if state.healthy_since.is_none() {
+                    state.healthy_since = Some(started);
+                }
+                let baton = &state.baton;
                 baton.inner.stats.sweep(started.elapsed(), errors);
                 myself.send_after(baton.inner.config.sweep_interval, || SweeperMessage::Tick);
             }

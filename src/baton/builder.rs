@@ -35,6 +35,7 @@ pub struct Builder {
     node: Option<NodeId>,
     migrate: bool,
     sweeper: bool,
+    listen: bool,
     config: Config,
     store: StoreOptions,
 }
@@ -46,10 +47,12 @@ impl Default for Builder {
             node: None,
             migrate: false,
             sweeper: true,
+            listen: true,
             config: Config {
                 sweep_interval: Duration::from_secs(1),
                 sweep_batch: 500,
                 supervisor_idle: Duration::from_secs(30),
+                lease: Duration::from_secs(30),
             },
             store: StoreOptions::default(),
         }
@@ -83,6 +86,13 @@ impl Builder {
         self
     }
 
+    /// On PostgreSQL, listens for claims made by other nodes and delivers them to this node's
+    /// subscribers (default: yes). Needs a direct session connection, not a transaction pooler.
+    pub fn listen(mut self, yes: bool) -> Self {
+        self.listen = yes;
+        self
+    }
+
     /// How often the sweeper looks for settled, unannounced workflows (default 1 s).
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.config.sweep_interval = every;
@@ -98,6 +108,14 @@ impl Builder {
     /// How long a workflow supervisor lives without reports before it stops (default 30 s).
     pub fn supervisor_idle(mut self, after: Duration) -> Self {
         self.config.supervisor_idle = after;
+        self
+    }
+
+    /// How long a node's lease on the steps it runs lasts without renewal (default 30 s). Its
+    /// runner renews it every third of that; steps of a node whose lease expired are rescued by
+    /// the others' sweepers. Use one value across all nodes.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(300));
         self
     }
 
@@ -137,7 +155,9 @@ impl Builder {
             registry,
             supervisors: DashMap::new(),
             sweeper: std::sync::Mutex::new(None),
+            notifier: std::sync::Mutex::new(None),
             work_available: Notify::new(),
+            running: DashMap::new(),
             shut_down: AtomicBool::new(false),
             next_token: AtomicU64::new(0),
         });
@@ -151,6 +171,22 @@ impl Builder {
                 })?;
             if let Ok(mut slot) = baton.inner.sweeper.lock() {
                 *slot = Some(sweeper);
+            }
+        }
+        #[cfg(feature = "postgres")]
+        if let (true, Store::Postgres(pg)) = (self.listen, &baton.inner.store) {
+            let (notifier, _) = Actor::spawn(
+                None,
+                crate::actors::notifier::Notifier,
+                (baton.clone(), pg.clone()),
+            )
+            .await
+            .map_err(|e| Error::Actor {
+                context: "starting the claims listener",
+                reason: e.to_string(),
+            })?;
+            if let Ok(mut slot) = baton.inner.notifier.lock() {
+                *slot = Some(notifier.get_cell());
             }
         }
         Ok(baton)

@@ -1,10 +1,9 @@
 //! The claim: decide settledness (database state plus the caller's overlay) and make the one
 //! conditional write that elects the single announcer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use chrono::Utc;
 use tracing::{Instrument, debug, info_span};
 
 use super::outcome::{Settlement, settle};
@@ -13,7 +12,7 @@ use crate::event::{DetectedBy, WorkflowFinished};
 use crate::ids::{NodeId, StepId, WorkflowId};
 use crate::metrics::{self as m, Stats};
 use crate::state::{StepState, TerminalState};
-use crate::store::{NewClaim, Store};
+use crate::store::{SettlementRows, Store};
 
 /// Terminal states reported by callers that the database may not show yet.
 pub(crate) type Overlay = HashMap<StepId, TerminalState>;
@@ -29,6 +28,33 @@ pub(crate) enum ClaimResult {
     Lost,
     /// No such workflow.
     Unknown,
+}
+
+/// The verdict over the rows read inside the claim transaction, with the overlay applied to
+/// steps the database still shows non-terminal.
+pub(crate) fn decide(rows: &SettlementRows, overlay: &Overlay) -> Settlement {
+    let overlaid = rows.not_completed.iter().map(|(id, name, state)| {
+        let state = match overlay.get(id) {
+            Some(t) if !state.is_terminal() => StepState::from(*t),
+            _ => *state,
+        };
+        (name.as_str(), state)
+    });
+    match settle(overlaid) {
+        Settlement::Settled {
+            outcome,
+            failed_steps,
+            mut counts,
+        } => {
+            counts.completed += rows.completed;
+            Settlement::Settled {
+                outcome,
+                failed_steps,
+                counts,
+            }
+        }
+        running => running,
+    }
 }
 
 /// Tries to claim `wf`. `overlay` holds terminal states reported for steps that may still read
@@ -49,63 +75,19 @@ pub(crate) async fn try_claim(
         stats.detection_query();
         // Entries the database now shows terminal need no overlay any more.
         if outstanding.lagging.len() < overlay.len() {
-            let lagging: std::collections::HashSet<StepId> =
-                outstanding.lagging.iter().copied().collect();
+            let lagging: HashSet<StepId> = outstanding.lagging.iter().copied().collect();
             overlay.retain(|id, _| lagging.contains(id));
         }
         if outstanding.others {
             return Ok(ClaimResult::NotSettled);
         }
-        let Some(rows) = store.settlement_rows(wf).await? else {
-            return Ok(ClaimResult::Unknown);
-        };
-        let overlaid = rows.not_completed.iter().map(|(id, name, state)| {
-            let state = match overlay.get(id) {
-                Some(t) if !state.is_terminal() => StepState::from(*t),
-                _ => *state,
-            };
-            (name.as_str(), state)
-        });
-        let Settlement::Settled {
-            outcome,
-            failed_steps,
-            mut counts,
-        } = settle(overlaid)
-        else {
-            return Ok(ClaimResult::NotSettled);
-        };
-        counts.completed += rows.completed;
-        let finished_at = Utc::now();
-        let claim = NewClaim {
-            workflow_id: wf,
-            name: &rows.name,
-            outcome,
-            failed_steps: &failed_steps,
-            counts,
-            detected_by,
-            node,
-            finished_at,
-        };
-        let won = store.claim(&claim).await?;
+        let result = store.claim(wf, overlay, detected_by, node).await?;
         m::claim_duration(started.elapsed());
-        match won {
-            Some(seq) => Ok(ClaimResult::Won(WorkflowFinished {
-                workflow_id: wf,
-                name: rows.name.clone(),
-                outcome,
-                failed_steps: failed_steps.clone(),
-                counts,
-                detected_by,
-                node: node.clone(),
-                finished_at,
-                seq,
-            })),
-            None => {
-                debug!("claim lost: already announced");
-                stats.claim_lost(detected_by);
-                Ok(ClaimResult::Lost)
-            }
+        if let ClaimResult::Lost = result {
+            debug!("claim lost: already announced");
+            stats.claim_lost(detected_by);
         }
+        Ok(result)
     }
     .instrument(span)
     .await

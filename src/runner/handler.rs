@@ -4,8 +4,12 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use std::sync::{Arc, Mutex};
 
 use crate::ids::{StepId, WorkflowId};
+use crate::workflow::Step;
 
 /// What a handler knows about the step it runs.
 #[derive(Clone, Debug)]
@@ -25,6 +29,48 @@ pub struct StepContext {
     pub attempt: u32,
     /// Attempts the step gets before it is discarded.
     pub max_attempts: u32,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) added: Arc<Mutex<Vec<Step>>>,
+}
+
+impl StepContext {
+    /// Resolves when the step's workflow is cancelled (or this node lost the step): stop work
+    /// soon; whatever the handler returns, the step ends `cancelled`.
+    ///
+    /// ```
+    /// # async fn handler(ctx: baton::StepContext) -> Result<(), baton::StepError> {
+    /// tokio::select! {
+    ///     _ = ctx.cancelled() => Err(baton::StepError::permanent("cancelled")),
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => Ok(()),
+    /// }
+    /// # }
+    /// ```
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Adds a step to this step's workflow. Added steps are committed atomically with this
+    /// step's completion — so the workflow can never look settled in between — and dropped if
+    /// this attempt fails. They may depend on each other and on existing steps, by name.
+    ///
+    /// ```
+    /// # async fn handler(ctx: baton::StepContext) -> Result<(), baton::StepError> {
+    /// for i in 0..3 {
+    ///     ctx.add_step(baton::Step::new(format!("part-{i}"), "process"));
+    /// }
+    /// ctx.add_step(baton::Step::new("merge", "merge").depends_on(["part-0", "part-1", "part-2"]));
+    /// # Ok(()) }
+    /// ```
+    pub fn add_step(&self, step: Step) {
+        if let Ok(mut added) = self.added.lock() {
+            added.push(step);
+        }
+    }
+
+    /// Whether the step's workflow was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
 }
 
 /// A failed attempt: retried (the default) or permanent (the step is discarded at once).

@@ -1,6 +1,6 @@
 //! The fetch loop and the life of one attempt.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -9,17 +9,57 @@ use tracing::{debug, error, warn};
 use super::RunnerConfig;
 use super::handler::StepContext;
 use crate::baton::Baton;
+use crate::error::Error;
 use crate::store::{AttemptEnd, FetchedStep, transient_backoff};
 
 /// Database errors in a row after which an attempt's end is left to lease rescue.
 const END_RETRIES: u32 = 12;
 
+/// Renews this node's lease every third of it, and relays cancellation requests for the steps
+/// it runs. The lease is per node: one write renews every step the node owns.
+async fn heartbeat_loop(baton: Baton, stop: CancellationToken) {
+    let lease = baton.inner.config.lease;
+    loop {
+        match baton.inner.store.heartbeat(&baton.inner.node, lease).await {
+            Ok(cancelling) => {
+                for step in cancelling {
+                    if let Some(token) = baton.inner.running.get(&step) {
+                        token.cancel();
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "runner: renewing this node's lease failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {},
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Fetches runnable steps while slots are free and runs each on its own task.
 pub(crate) async fn fetch_loop(baton: Baton, config: Arc<RunnerConfig>, stop: CancellationToken) {
+    // Own a lease before owning any step: a step whose owner has no lease is rescued.
+    let mut failures = 0;
+    while let Err(e) = baton
+        .inner
+        .store
+        .heartbeat(&baton.inner.node, baton.inner.config.lease)
+        .await
+    {
+        failures += 1;
+        warn!(error = %e, "runner: registering this node failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(transient_backoff(failures)) => {},
+            _ = stop.cancelled() => return,
+        }
+    }
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(baton.clone(), stop_heartbeat.clone()));
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut kinds: Vec<String> = config.handlers.keys().cloned().collect();
     kinds.sort();
-    let mut failures = 0;
+    failures = 0;
     loop {
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -33,7 +73,12 @@ pub(crate) async fn fetch_loop(baton: Baton, config: Arc<RunnerConfig>, stop: Ca
         match baton
             .inner
             .store
-            .fetch(&baton.inner.node, &kinds, free as u32, config.lease)
+            .fetch(
+                &baton.inner.node,
+                &kinds,
+                free as u32,
+                baton.inner.config.lease,
+            )
             .await
         {
             Ok(steps) if steps.is_empty() => {
@@ -71,8 +116,13 @@ pub(crate) async fn fetch_loop(baton: Baton, config: Arc<RunnerConfig>, stop: Ca
             }
         }
     }
-    // Graceful stop: in-flight attempts finish and report before we return.
+    // Graceful stop: in-flight attempts finish and report before the lease is given up.
     let _ = slots.acquire_many(config.concurrency as u32).await;
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
+    if let Err(e) = baton.inner.store.release_node(&baton.inner.node).await {
+        warn!(error = %e, "runner: releasing this node's lease failed; it will expire");
+    }
 }
 
 /// Runs one attempt, then ends it through the single terminal-transition primitive.
@@ -86,6 +136,9 @@ async fn run_attempt(
         error!(step = %step.name, kind = %step.kind, "no handler for a fetched step");
         return;
     };
+    let cancel = CancellationToken::new();
+    let added = Arc::new(Mutex::new(Vec::new()));
+    baton.inner.running.insert(step.id, cancel.clone());
     let ctx = StepContext {
         workflow_id: step.workflow_id,
         step_id: step.id,
@@ -94,6 +147,8 @@ async fn run_attempt(
         args: step.args.clone(),
         attempt: step.attempt,
         max_attempts: step.max_attempts,
+        cancel,
+        added: added.clone(),
     };
     // On its own task, so a panic is caught as a failed attempt.
     let outcome = tokio::spawn(handler.run(ctx)).await;
@@ -103,7 +158,12 @@ async fn run_attempt(
         Err(join) => Some((panic_message(join), false)),
     };
     let end = match failure {
-        None => AttemptEnd::Completed,
+        None => AttemptEnd::Completed {
+            added: added
+                .lock()
+                .map(|mut a| std::mem::take(&mut *a))
+                .unwrap_or_default(),
+        },
         Some((error, permanent)) if permanent || step.attempt >= step.max_attempts => {
             AttemptEnd::Discarded { error }
         }
@@ -113,6 +173,7 @@ async fn run_attempt(
         },
     };
     end_attempt(&baton, &step, end).await;
+    baton.inner.running.remove(&step.id);
 }
 
 /// The terminal-transition primitive: a fenced write of how the attempt ended, retried through
@@ -128,6 +189,18 @@ pub(crate) async fn end_attempt(baton: &Baton, step: &FetchedStep, end: AttemptE
                 warn!(workflow_id = %step.workflow_id, step = %step.name, error = %e, retry_in = ?delay,
                     "runner: writing a step's end failed; retrying");
                 tokio::time::sleep(delay).await;
+            }
+            Err(Error::InvalidWorkflow(reason)) => {
+                // Only added steps can be invalid here: the attempt fails for good instead.
+                warn!(workflow_id = %step.workflow_id, step = %step.name, %reason, "runner: rejected added steps");
+                return Box::pin(end_attempt(
+                    baton,
+                    step,
+                    AttemptEnd::Discarded {
+                        error: format!("invalid added steps: {reason}"),
+                    },
+                ))
+                .await;
             }
             Err(e) => {
                 error!(workflow_id = %step.workflow_id, step = %step.name, error = %e,

@@ -1,6 +1,6 @@
 //! PostgreSQL: production and multi-node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,14 +10,19 @@ use sqlx::{Row, migrate::Migrator};
 use uuid::Uuid;
 
 use super::{
-    AttemptEnd, FetchedStep, NewClaim, Outstanding, SettlementRows, StoreOptions, Transition,
-    WorkflowStatus, redact_url,
+    AttemptEnd, Cancelled, FetchedStep, Outstanding, Rescued, SettlementRows, StoreOptions,
+    Transition, WorkflowStatus, finished_event, redact_url,
 };
+use crate::completion::{ClaimResult, Overlay};
 use crate::error::{Error, Result};
 use crate::event::{DetectedBy, Outcome, StepCounts, WorkflowFinished};
 use crate::ids::{NodeId, StepId, WorkflowId};
 use crate::state::{StepState, TerminalState};
-use crate::workflow::Workflow;
+use crate::workflow::{NewStepRow, Step, Workflow, plan_additions};
+
+mod listen;
+
+pub(crate) use listen::parse_notice;
 
 /// The channel claims are announced on to other nodes.
 pub(crate) const CHANNEL: &str = "baton_finished";
@@ -29,6 +34,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 #[derive(Clone, Debug)]
 pub(crate) struct PgStore {
     pub(crate) pool: PgPool,
+    connect_options: PgConnectOptions,
 }
 
 impl PgStore {
@@ -40,10 +46,13 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(Error::db("connecting to PostgreSQL"))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            connect_options: connect,
+        })
     }
 
     pub(crate) fn backend(&self) -> &'static str {
@@ -83,14 +92,6 @@ impl PgStore {
 
     pub(crate) async fn insert_workflow(&self, wf: &Workflow) -> Result<()> {
         const WORKFLOW: &str = "INSERT INTO baton_workflows (id, name) VALUES ($1, $2)";
-        const STEPS: &str = "INSERT INTO baton_steps \
-             (id, workflow_id, name, kind, args, state, max_attempts, pending_deps) \
-             SELECT u.id, $1, u.name, u.kind, u.args::jsonb, \
-                    CASE WHEN u.deps = 0 THEN 'available' ELSE 'scheduled' END, u.max_attempts, u.deps \
-             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int4[]) \
-                  AS u(id, name, kind, args, max_attempts, deps)";
-        const DEPS: &str = "INSERT INTO baton_step_deps (step_id, depends_on) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[])";
         let ctx = "inserting a workflow";
         let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
         sqlx::query(WORKFLOW)
@@ -99,36 +100,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(Error::db(ctx))?;
-        if !wf.steps.is_empty() {
-            let ids: Vec<Uuid> = wf.steps.iter().map(|s| s.id.0).collect();
-            let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
-            let kinds: Vec<&str> = wf.steps.iter().map(|s| s.kind.as_str()).collect();
-            let args: Vec<String> = wf.steps.iter().map(|s| s.args.to_string()).collect();
-            let max: Vec<i32> = wf.steps.iter().map(|s| s.max_attempts as i32).collect();
-            let deps: Vec<i32> = wf.steps.iter().map(|s| s.depends_on.len() as i32).collect();
-            sqlx::query(STEPS)
-                .bind(wf.id.0)
-                .bind(ids)
-                .bind(names)
-                .bind(kinds)
-                .bind(args)
-                .bind(max)
-                .bind(deps)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db(ctx))?;
-            let edges = wf.edges();
-            if !edges.is_empty() {
-                let (from, to): (Vec<Uuid>, Vec<Uuid>) =
-                    edges.iter().map(|(a, b)| (a.0, b.0)).unzip();
-                sqlx::query(DEPS)
-                    .bind(from)
-                    .bind(to)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::db(ctx))?;
-            }
-        }
+        insert_steps(&mut tx, wf.id, &wf.rows(), &wf.edges()).await?;
         tx.commit().await.map_err(Error::db(ctx))?;
         Ok(())
     }
@@ -163,34 +135,50 @@ impl PgStore {
         Ok(out)
     }
 
-    pub(crate) async fn settlement_rows(&self, wf: WorkflowId) -> Result<Option<SettlementRows>> {
-        const NAME: &str = "SELECT name FROM baton_workflows WHERE id = $1";
+    pub(crate) async fn claim(
+        &self,
+        wf: WorkflowId,
+        overlay: &Overlay,
+        detected_by: DetectedBy,
+        node: &NodeId,
+    ) -> Result<ClaimResult> {
+        // The row lock serialises claims and step retries of one workflow: the outcome read here
+        // cannot change before the claim commits. NO KEY UPDATE leaves FK inserts unblocked.
+        const LOCK: &str = "SELECT name, finished_at IS NOT NULL FROM baton_workflows \
+             WHERE id = $1 FOR NO KEY UPDATE";
         const COMPLETED: &str =
             "SELECT count(*) FROM baton_steps WHERE workflow_id = $1 AND state = 'completed'";
         const OTHERS: &str = "SELECT id, name, state FROM baton_steps \
              WHERE workflow_id = $1 AND state <> 'completed'";
-        let ctx = "reading a workflow's outcome";
+        const INSERT: &str = "INSERT INTO baton_workflow_completions \
+             (workflow_id, name, outcome, failed_steps, completed, discarded, cancelled, detected_by, node, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (workflow_id) DO NOTHING RETURNING seq";
+        const CLOSE: &str = "UPDATE baton_workflows SET finished_at = $2 WHERE id = $1";
+        const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+        let ctx = "claiming a workflow";
         let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
-        let Some(name): Option<String> = sqlx::query_scalar(NAME)
+        let Some((name, closed)): Option<(String, bool)> = sqlx::query_as(LOCK)
             .bind(wf.0)
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(ctx))?
         else {
-            return Ok(None);
+            return Ok(ClaimResult::Unknown);
         };
+        if closed {
+            return Ok(ClaimResult::Lost);
+        }
         let completed: i64 = sqlx::query_scalar(COMPLETED)
             .bind(wf.0)
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::db(ctx))?;
-        let rows = sqlx::query(OTHERS)
+        let not_completed = sqlx::query(OTHERS)
             .bind(wf.0)
             .fetch_all(&mut *tx)
             .await
-            .map_err(Error::db(ctx))?;
-        tx.commit().await.map_err(Error::db(ctx))?;
-        let not_completed = rows
+            .map_err(Error::db(ctx))?
             .iter()
             .map(|r| {
                 let state: String = r.get(2);
@@ -201,55 +189,47 @@ impl PgStore {
                 )
             })
             .collect();
-        Ok(Some(SettlementRows {
+        let rows = SettlementRows {
             name,
             completed: completed as u64,
             not_completed,
-        }))
-    }
-
-    pub(crate) async fn claim(&self, c: &NewClaim<'_>) -> Result<Option<i64>> {
-        const INSERT: &str = "INSERT INTO baton_workflow_completions \
-             (workflow_id, name, outcome, failed_steps, completed, discarded, cancelled, detected_by, node, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (workflow_id) DO NOTHING RETURNING seq";
-        const CLOSE: &str = "UPDATE baton_workflows SET finished_at = $2 WHERE id = $1";
-        const NOTIFY: &str = "SELECT pg_notify($1, $2)";
-        let ctx = "claiming a workflow";
-        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        };
+        let Some(mut event) = finished_event(wf, rows, overlay, detected_by, node) else {
+            return Ok(ClaimResult::NotSettled);
+        };
         let seq: Option<i64> = sqlx::query_scalar(INSERT)
-            .bind(c.workflow_id.0)
-            .bind(c.name)
-            .bind(c.outcome.as_str())
-            .bind(sqlx::types::Json(c.failed_steps))
-            .bind(c.counts.completed as i64)
-            .bind(c.counts.discarded as i64)
-            .bind(c.counts.cancelled as i64)
-            .bind(c.detected_by.as_str())
-            .bind(&c.node.0)
-            .bind(c.finished_at)
+            .bind(wf.0)
+            .bind(&event.name)
+            .bind(event.outcome.as_str())
+            .bind(sqlx::types::Json(&event.failed_steps))
+            .bind(event.counts.completed as i64)
+            .bind(event.counts.discarded as i64)
+            .bind(event.counts.cancelled as i64)
+            .bind(detected_by.as_str())
+            .bind(&node.0)
+            .bind(event.finished_at)
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(ctx))?;
         let Some(seq) = seq else {
-            tx.rollback().await.map_err(Error::db(ctx))?;
-            return Ok(None);
+            return Ok(ClaimResult::Lost);
         };
+        event.seq = seq;
         sqlx::query(CLOSE)
-            .bind(c.workflow_id.0)
-            .bind(c.finished_at)
+            .bind(wf.0)
+            .bind(event.finished_at)
             .execute(&mut *tx)
             .await
             .map_err(Error::db(ctx))?;
         // Inside the claim transaction: other nodes hear of it if and only if it commits.
         sqlx::query(NOTIFY)
             .bind(CHANNEL)
-            .bind(format!("{}:{}", seq, c.workflow_id))
+            .bind(format!("{seq}:{wf}"))
             .execute(&mut *tx)
             .await
             .map_err(Error::db(ctx))?;
         tx.commit().await.map_err(Error::db(ctx))?;
-        Ok(Some(seq))
+        Ok(ClaimResult::Won(event))
     }
 
     pub(crate) async fn settled_open_workflows(&self, limit: u32) -> Result<Vec<WorkflowId>> {
@@ -263,6 +243,15 @@ impl PgStore {
             .await
             .map_err(Error::db("sweeping for settled workflows"))?;
         Ok(ids.into_iter().map(WorkflowId).collect())
+    }
+
+    pub(crate) async fn open_workflows(&self) -> Result<u64> {
+        const SQL: &str = "SELECT count(*) FROM baton_workflows WHERE finished_at IS NULL";
+        let n: i64 = sqlx::query_scalar(SQL)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("counting open workflows"))?;
+        Ok(n as u64)
     }
 
     pub(crate) async fn completion(&self, wf: WorkflowId) -> Result<Option<WorkflowFinished>> {
@@ -363,85 +352,240 @@ impl PgStore {
         step: &FetchedStep,
         end: &AttemptEnd,
     ) -> Result<Vec<Transition>> {
-        // Every write is fenced by (id, attempt, executing): a stale attempt changes nothing.
-        const COMPLETE: &str = "UPDATE baton_steps SET state = 'completed', finished_at = now(), \
-                 owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'executing'";
-        const PROMOTE: &str = "UPDATE baton_steps SET pending_deps = pending_deps - 1, \
-                 state = CASE WHEN pending_deps = 1 THEN 'available' ELSE state END, run_at = now() \
-             WHERE state = 'scheduled' \
-               AND id IN (SELECT step_id FROM baton_step_deps WHERE depends_on = $1)";
-        const RETRY: &str = "UPDATE baton_steps SET state = 'retryable', last_error = $3, \
-                 run_at = now() + $4 * interval '1 millisecond', owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'executing'";
-        const DISCARD: &str = "UPDATE baton_steps SET state = 'discarded', last_error = $3, \
+        // Every write is fenced by (id, attempt, executing): a stale attempt changes nothing. A
+        // step whose workflow was cancelled while it ran ends `cancelled`, whatever the handler did.
+        const COMPLETE: &str = "UPDATE baton_steps SET \
+                 state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END, \
                  finished_at = now(), owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'executing'";
-        const CASCADE: &str = "WITH RECURSIVE dependents(id) AS ( \
-                 SELECT step_id FROM baton_step_deps WHERE depends_on = $1 \
-                 UNION SELECT d.step_id FROM baton_step_deps d JOIN dependents x ON d.depends_on = x.id) \
-             UPDATE baton_steps SET state = 'cancelled', finished_at = now(), last_error = $2 \
-             WHERE id IN (SELECT id FROM dependents) \
-               AND state IN ('scheduled', 'available', 'executing', 'retryable') \
-             RETURNING id";
+             WHERE id = $1 AND attempt = $2 AND state = 'executing' RETURNING state";
+        const RETRY: &str = "UPDATE baton_steps SET \
+                 state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'retryable' END, \
+                 finished_at = CASE WHEN cancel_requested THEN now() END, last_error = $3, \
+                 run_at = now() + $4 * interval '1 millisecond', owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND attempt = $2 AND state = 'executing' RETURNING state";
+        const DISCARD: &str = "UPDATE baton_steps SET \
+                 state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'discarded' END, \
+                 last_error = $3, finished_at = now(), owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND attempt = $2 AND state = 'executing' RETURNING state";
         let ctx = "ending a step's attempt";
         let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
-        let mut transitions = Vec::new();
         let attempt = step.attempt as i32;
-        match end {
-            AttemptEnd::Completed => {
-                let done = sqlx::query(COMPLETE)
-                    .bind(step.id.0)
-                    .bind(attempt)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::db(ctx))?;
-                if done.rows_affected() == 1 {
-                    sqlx::query(PROMOTE)
-                        .bind(step.id.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(Error::db(ctx))?;
-                    transitions.push(transition(step, step.id, TerminalState::Completed));
-                }
+        let query = match end {
+            AttemptEnd::Completed { .. } => {
+                sqlx::query_scalar(COMPLETE).bind(step.id.0).bind(attempt)
             }
-            AttemptEnd::Retry { error, delay } => {
-                sqlx::query(RETRY)
-                    .bind(step.id.0)
-                    .bind(attempt)
-                    .bind(error)
-                    .bind(delay.as_millis() as f64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::db(ctx))?;
-            }
-            AttemptEnd::Discarded { error } => {
-                let done = sqlx::query(DISCARD)
-                    .bind(step.id.0)
-                    .bind(attempt)
-                    .bind(error)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::db(ctx))?;
-                if done.rows_affected() == 1 {
-                    transitions.push(transition(step, step.id, TerminalState::Discarded));
-                    let reason = format!("dependency {:?} did not complete", step.name);
-                    let cancelled: Vec<Uuid> = sqlx::query_scalar(CASCADE)
-                        .bind(step.id.0)
-                        .bind(reason)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(Error::db(ctx))?;
-                    transitions.extend(
-                        cancelled
-                            .into_iter()
-                            .map(|id| transition(step, StepId(id), TerminalState::Cancelled)),
-                    );
-                }
+            AttemptEnd::Retry { error, delay } => sqlx::query_scalar(RETRY)
+                .bind(step.id.0)
+                .bind(attempt)
+                .bind(error)
+                .bind(delay.as_millis() as f64),
+            AttemptEnd::Discarded { error } => sqlx::query_scalar(DISCARD)
+                .bind(step.id.0)
+                .bind(attempt)
+                .bind(error),
+        };
+        let state: Option<String> = query
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        let mut transitions = Vec::new();
+        let state = state.and_then(|s| s.parse::<StepState>().ok());
+        if let Some(state) = state {
+            after_terminal(
+                &mut tx,
+                step.workflow_id,
+                step.id,
+                &step.name,
+                state,
+                &mut transitions,
+            )
+            .await?;
+        }
+        // After the promotion above, so new steps that depend on this one are not counted twice.
+        if let (Some(StepState::Completed), AttemptEnd::Completed { added }) = (state, end) {
+            if !added.is_empty() {
+                add_steps(&mut tx, step.workflow_id, added, &mut transitions).await?;
             }
         }
         tx.commit().await.map_err(Error::db(ctx))?;
         Ok(transitions)
+    }
+
+    pub(crate) async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<Vec<StepId>> {
+        const RENEW: &str = "INSERT INTO baton_nodes (id, lease_expires_at) \
+             VALUES ($1, now() + $2 * interval '1 millisecond') \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), lease_expires_at = EXCLUDED.lease_expires_at";
+        const CANCELLING: &str = "SELECT id FROM baton_steps \
+             WHERE owner = $1 AND state = 'executing' AND cancel_requested";
+        let ctx = "renewing this node's lease";
+        sqlx::query(RENEW)
+            .bind(&node.0)
+            .bind(lease.as_millis() as f64)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db(ctx))?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(CANCELLING)
+            .bind(&node.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(ctx))?;
+        Ok(ids.into_iter().map(StepId).collect())
+    }
+
+    pub(crate) async fn release_node(&self, node: &NodeId) -> Result<()> {
+        const SQL: &str = "DELETE FROM baton_nodes WHERE id = $1";
+        sqlx::query(SQL)
+            .bind(&node.0)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("releasing this node's lease"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn rescue_lost(&self, limit: u32) -> Result<Rescued> {
+        // Only steps whose owner's lease expired (or whose owner left): provably gone, never
+        // merely slow. Compare-and-set on `executing` under SKIP LOCKED.
+        const SQL: &str = "WITH lost AS ( \
+                 SELECT s.id FROM baton_steps s LEFT JOIN baton_nodes n ON n.id = s.owner \
+                 WHERE s.state = 'executing' AND (n.id IS NULL OR n.lease_expires_at < now()) \
+                 LIMIT $1 FOR UPDATE OF s SKIP LOCKED) \
+             UPDATE baton_steps s SET \
+                 state = CASE WHEN s.cancel_requested THEN 'cancelled' \
+                              WHEN s.attempt < s.max_attempts THEN 'retryable' ELSE 'discarded' END, \
+                 finished_at = CASE WHEN s.cancel_requested OR s.attempt >= s.max_attempts THEN now() END, \
+                 last_error = 'lost: owner ' || coalesce(s.owner, '?') || ' stopped renewing its lease', \
+                 run_at = now(), owner = NULL, lease_expires_at = NULL \
+             FROM lost WHERE s.id = lost.id \
+             RETURNING s.id, s.workflow_id, s.name, s.state";
+        let ctx = "rescuing steps of lost nodes";
+        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let rows = sqlx::query(SQL)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        let mut rescued = Rescued::default();
+        for r in &rows {
+            let state: String = r.get(3);
+            let state = state.parse().unwrap_or(StepState::Retryable);
+            rescued.count += 1;
+            after_terminal(
+                &mut tx,
+                WorkflowId(r.get(1)),
+                StepId(r.get(0)),
+                r.get::<&str, _>(2),
+                state,
+                &mut rescued.transitions,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(Error::db(ctx))?;
+        Ok(rescued)
+    }
+
+    pub(crate) async fn cancel_workflow(&self, wf: WorkflowId) -> Result<Cancelled> {
+        const LOCK: &str = "SELECT finished_at IS NOT NULL FROM baton_workflows \
+             WHERE id = $1 FOR NO KEY UPDATE";
+        const WAITING: &str = "UPDATE baton_steps SET state = 'cancelled', finished_at = now(), \
+                 last_error = 'cancelled by operator' \
+             WHERE workflow_id = $1 AND state IN ('scheduled', 'available', 'retryable') RETURNING id";
+        const RUNNING: &str = "UPDATE baton_steps SET cancel_requested = true \
+             WHERE workflow_id = $1 AND state = 'executing' RETURNING id";
+        let ctx = "cancelling a workflow";
+        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let closed: Option<bool> = sqlx::query_scalar(LOCK)
+            .bind(wf.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        match closed {
+            None => return Err(Error::WorkflowNotFound(wf)),
+            Some(true) => return Ok(Cancelled::already_finished()),
+            Some(false) => {}
+        }
+        let waiting: Vec<Uuid> = sqlx::query_scalar(WAITING)
+            .bind(wf.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        let running: Vec<Uuid> = sqlx::query_scalar(RUNNING)
+            .bind(wf.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        tx.commit().await.map_err(Error::db(ctx))?;
+        Ok(Cancelled {
+            already_finished: false,
+            transitions: waiting
+                .into_iter()
+                .map(|id| Transition {
+                    workflow_id: wf,
+                    step_id: StepId(id),
+                    state: TerminalState::Cancelled,
+                })
+                .collect(),
+            executing: running.into_iter().map(StepId).collect(),
+        })
+    }
+
+    pub(crate) async fn retry_step(&self, wf: WorkflowId, name: &str) -> Result<()> {
+        const LOCK: &str = "SELECT finished_at IS NOT NULL FROM baton_workflows \
+             WHERE id = $1 FOR NO KEY UPDATE";
+        const RETRY: &str = "UPDATE baton_steps SET state = 'available', run_at = now(), \
+                 max_attempts = attempt + 1, finished_at = NULL, cancel_requested = false \
+             WHERE workflow_id = $1 AND name = $2 AND state IN ('discarded', 'cancelled') \
+               AND pending_deps = 0";
+        let ctx = "retrying a step";
+        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let closed: Option<bool> = sqlx::query_scalar(LOCK)
+            .bind(wf.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        match closed {
+            None => return Err(Error::WorkflowNotFound(wf)),
+            Some(true) => return Err(Error::WorkflowClosed(wf)),
+            Some(false) => {}
+        }
+        let done = sqlx::query(RETRY)
+            .bind(wf.0)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::InvalidWorkflow(format!(
+                "step {name:?} of workflow {wf} is not a discarded or cancelled step whose dependencies completed"
+            )));
+        }
+        tx.commit().await.map_err(Error::db(ctx))?;
+        Ok(())
+    }
+
+    pub(crate) async fn prune(&self, older_than: Duration, limit: u32) -> Result<u64> {
+        // Announced workflows only (finished_at is set by the claim); steps and edges go with
+        // their workflow (ON DELETE CASCADE); the claim row goes last.
+        const WORKFLOWS: &str = "DELETE FROM baton_workflows WHERE id IN ( \
+                 SELECT id FROM baton_workflows \
+                 WHERE finished_at IS NOT NULL AND finished_at < now() - $1 * interval '1 millisecond' \
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id";
+        const CLAIMS: &str = "DELETE FROM baton_workflow_completions WHERE workflow_id = ANY($1)";
+        let ctx = "pruning announced workflows";
+        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(WORKFLOWS)
+            .bind(older_than.as_millis() as f64)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        sqlx::query(CLAIMS)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        tx.commit().await.map_err(Error::db(ctx))?;
+        Ok(ids.len() as u64)
     }
 
     pub(crate) async fn close(&self) {
@@ -449,12 +593,154 @@ impl PgStore {
     }
 }
 
-fn transition(step: &FetchedStep, id: StepId, state: TerminalState) -> Transition {
-    Transition {
-        workflow_id: step.workflow_id,
-        step_id: id,
-        state,
+/// Inserts steps and their dependency edges, in two multi-row statements.
+async fn insert_steps(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    wf: WorkflowId,
+    rows: &[NewStepRow<'_>],
+    edges: &[(StepId, StepId)],
+) -> Result<()> {
+    const STEPS: &str = "INSERT INTO baton_steps \
+         (id, workflow_id, name, kind, args, state, max_attempts, pending_deps, finished_at) \
+         SELECT u.id, $1, u.name, u.kind, u.args::jsonb, u.state, u.max_attempts, u.pending, \
+                CASE WHEN u.state = 'cancelled' THEN now() END \
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int4[]) \
+              AS u(id, name, kind, args, state, max_attempts, pending)";
+    const DEPS: &str = "INSERT INTO baton_step_deps (step_id, depends_on) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[])";
+    let ctx = "inserting steps";
+    if rows.is_empty() {
+        return Ok(());
     }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.step.id.0).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.step.name.as_str()).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.step.kind.as_str()).collect();
+    let args: Vec<String> = rows.iter().map(|r| r.step.args.to_string()).collect();
+    let states: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
+    let max: Vec<i32> = rows.iter().map(|r| r.step.max_attempts as i32).collect();
+    let pending: Vec<i32> = rows.iter().map(|r| r.pending as i32).collect();
+    sqlx::query(STEPS)
+        .bind(wf.0)
+        .bind(ids)
+        .bind(names)
+        .bind(kinds)
+        .bind(args)
+        .bind(states)
+        .bind(max)
+        .bind(pending)
+        .execute(&mut **tx)
+        .await
+        .map_err(Error::db(ctx))?;
+    if !edges.is_empty() {
+        let (from, to): (Vec<Uuid>, Vec<Uuid>) = edges.iter().map(|(a, b)| (a.0, b.0)).unzip();
+        sqlx::query(DEPS)
+            .bind(from)
+            .bind(to)
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::db(ctx))?;
+    }
+    Ok(())
+}
+
+/// Adds steps to a running workflow, inside the transaction that completes the adding step.
+async fn add_steps(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    wf: WorkflowId,
+    added: &[Step],
+    out: &mut Vec<Transition>,
+) -> Result<()> {
+    const EXISTING: &str = "SELECT id, name, state FROM baton_steps \
+         WHERE workflow_id = $1 AND name = ANY($2)";
+    let mentioned: Vec<&str> = added
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(s.name.as_str()).chain(s.depends_on.iter().map(String::as_str))
+        })
+        .collect();
+    let existing: HashMap<String, (StepId, StepState)> = sqlx::query(EXISTING)
+        .bind(wf.0)
+        .bind(mentioned)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(Error::db("adding steps"))?
+        .iter()
+        .map(|r| {
+            let state: String = r.get(2);
+            (
+                r.get::<String, _>(1),
+                (
+                    StepId(r.get(0)),
+                    state.parse().unwrap_or(StepState::Scheduled),
+                ),
+            )
+        })
+        .collect();
+    let (rows, edges) = plan_additions(added, &existing)?;
+    insert_steps(tx, wf, &rows, &edges).await?;
+    out.extend(
+        rows.iter()
+            .filter(|r| r.state == StepState::Cancelled)
+            .map(|r| Transition {
+                workflow_id: wf,
+                step_id: r.step.id,
+                state: TerminalState::Cancelled,
+            }),
+    );
+    Ok(())
+}
+
+/// What follows a step's new state inside the same transaction: a completed step promotes its
+/// dependents; a discarded or cancelled one cancels every transitive dependent. Terminal
+/// transitions are appended to `out`.
+async fn after_terminal(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    workflow_id: WorkflowId,
+    step_id: StepId,
+    name: &str,
+    state: StepState,
+    out: &mut Vec<Transition>,
+) -> Result<()> {
+    const PROMOTE: &str = "UPDATE baton_steps SET pending_deps = pending_deps - 1, \
+             state = CASE WHEN pending_deps = 1 THEN 'available' ELSE state END, run_at = now() \
+         WHERE state = 'scheduled' \
+           AND id IN (SELECT step_id FROM baton_step_deps WHERE depends_on = $1)";
+    const CASCADE: &str = "WITH RECURSIVE dependents(id) AS ( \
+             SELECT step_id FROM baton_step_deps WHERE depends_on = $1 \
+             UNION SELECT d.step_id FROM baton_step_deps d JOIN dependents x ON d.depends_on = x.id) \
+         UPDATE baton_steps SET state = 'cancelled', finished_at = now(), last_error = $2 \
+         WHERE id IN (SELECT id FROM dependents) \
+           AND state IN ('scheduled', 'available', 'executing', 'retryable') \
+         RETURNING id";
+    let ctx = "updating a step's dependents";
+    let Ok(terminal) = TerminalState::try_from(state) else {
+        return Ok(());
+    };
+    out.push(Transition {
+        workflow_id,
+        step_id,
+        state: terminal,
+    });
+    if terminal == TerminalState::Completed {
+        sqlx::query(PROMOTE)
+            .bind(step_id.0)
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::db(ctx))?;
+    } else {
+        let cancelled: Vec<Uuid> = sqlx::query_scalar(CASCADE)
+            .bind(step_id.0)
+            .bind(format!("dependency {name:?} did not complete"))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        out.extend(cancelled.into_iter().map(|id| Transition {
+            workflow_id,
+            step_id: StepId(id),
+            state: TerminalState::Cancelled,
+        }));
+    }
+    Ok(())
 }
 
 fn completion_from_row(r: &sqlx::postgres::PgRow) -> WorkflowFinished {
