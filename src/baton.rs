@@ -27,6 +27,17 @@ use crate::state::TerminalState;
 use crate::store::{Store, Transition, WorkflowStatus};
 use crate::workflow::Workflow;
 
+/// What one [`Baton::sweep_once`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Workflows this sweep announced.
+    pub announced: usize,
+    /// Workflows whose announcement failed (retried next sweep).
+    pub failed: usize,
+    /// Workflows still open after the sweep.
+    pub open_workflows: u64,
+}
+
 /// What [`Baton::cancel_workflow`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CancelOutcome {
@@ -232,6 +243,42 @@ impl Baton {
             ClaimResult::Unknown => Err(Error::WorkflowNotFound(workflow)),
             ClaimResult::NotSettled | ClaimResult::Lost => Ok(Announcement::Noop),
         }
+    }
+
+    /// Runs one sweep now: announces every settled, unannounced workflow (in pages of
+    /// `sweep_batch`, at most 20 pages). The sweeper actor calls this on its timer.
+    ///
+    /// # Errors
+    /// A database error while listing settled workflows; failures to announce single
+    /// workflows are logged and counted in [`SweepReport::failed`].
+    pub async fn sweep_once(&self) -> Result<SweepReport> {
+        const MAX_PAGES: usize = 20;
+        let batch = self.inner.config.sweep_batch;
+        let mut report = SweepReport::default();
+        for _ in 0..MAX_PAGES {
+            let ids = self.inner.store.settled_open_workflows(batch).await?;
+            let mut progressed = 0;
+            for id in &ids {
+                match self.announce_by(*id, DetectedBy::Sweep).await {
+                    Ok(Announcement::Finished(_)) => {
+                        report.announced += 1;
+                        progressed += 1;
+                    }
+                    Ok(Announcement::Noop) => progressed += 1,
+                    Err(e) => {
+                        report.failed += 1;
+                        warn!(workflow_id = %id, error = %e, "sweep: announcing failed; retrying next tick");
+                    }
+                }
+            }
+            // A short page means we have seen them all; a page of failures means stop for now.
+            if (ids.len() as u32) < batch || progressed == 0 {
+                break;
+            }
+        }
+        report.open_workflows = self.inner.store.open_workflows().await?;
+        crate::metrics::open_workflows(report.open_workflows);
+        Ok(report)
     }
 
     /// Subscribes an actor to finished workflows on `topic`. Its message type must be buildable

@@ -57,6 +57,7 @@ pub(crate) struct RunnerConfig {
     pub(crate) poll_interval: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) detect: bool,
 }
 
 impl RunnerConfig {
@@ -92,6 +93,7 @@ impl Default for Builder {
                 poll_interval: Duration::from_millis(100),
                 backoff_base: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(60),
+                detect: true,
             },
         }
     }
@@ -133,6 +135,13 @@ impl Builder {
     pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.config.backoff_base = base;
         self.config.backoff_max = max.max(base);
+        self
+    }
+
+    /// Whether to report terminal steps to [`check`](crate::Baton::check) (default: yes). Off,
+    /// only the sweep announces; benchmarks use this to measure what prompt detection costs.
+    pub fn prompt_detection(mut self, yes: bool) -> Self {
+        self.config.detect = yes;
         self
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct NotifierState {
     baton: Baton,
     /// The highest claim sequence delivered.
     cursor: i64,
+    /// The highest sequence when this node started: catch-ups never reach below it, so
+    /// subscribers are not handed claims made before this node existed.
+    floor: i64,
     stop: CancellationToken,
     listening: JoinHandle<()>,
 }
@@ -58,7 +61,7 @@ impl NotifierState {
     }
 
     async fn catch_up(&mut self) {
-        let mut from = (self.cursor - CATCH_UP_WINDOW).max(0);
+        let mut from = (self.cursor - CATCH_UP_WINDOW).max(self.floor);
         loop {
             match self.baton.completions_after(from, CATCH_UP_PAGE).await {
                 Ok(events) => {
@@ -130,8 +133,7 @@ impl Actor for Notifier {
         myself: ActorRef<Self::Msg>,
         (baton, store): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // Start from now: subscribers hear of claims made from here on (and of the window
-        // before, which the registry's dedup makes harmless).
+        // Start from now: subscribers hear of claims made from here on.
         let cursor = store.max_seq().await?;
         let stop = CancellationToken::new();
         let listening = tokio::spawn(listen(store, myself.clone(), stop.clone()));
@@ -139,6 +141,7 @@ impl Actor for Notifier {
         Ok(NotifierState {
             baton,
             cursor,
+            floor: cursor,
             stop,
             listening,
         })

@@ -9,12 +9,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, info_span, warn};
 
 use crate::baton::Baton;
-use crate::completion::Announcement;
-use crate::event::DetectedBy;
-use crate::metrics;
-
-/// Pages of `sweep_batch` workflows one tick handles at most.
-const MAX_PAGES: usize = 20;
 
 /// Messages to the sweeper.
 pub(crate) enum SweeperMessage {
@@ -61,42 +55,6 @@ impl Sweeper {
             }
         }
     }
-
-    /// One sweep: announce settled open workflows, batch by batch. Returns whether any error occurred.
-    async fn sweep(baton: &Baton) -> bool {
-        let batch = baton.inner.config.sweep_batch;
-        let mut errors = false;
-        // Bounded work per tick; whatever is left waits for the next one.
-        for _ in 0..MAX_PAGES {
-            let ids = match baton.inner.store.settled_open_workflows(batch).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    warn!(error = %e, "sweep: listing settled workflows failed; retrying next tick");
-                    return true;
-                }
-            };
-            let mut progressed = 0;
-            for id in &ids {
-                match baton.announce_by(*id, DetectedBy::Sweep).await {
-                    Ok(Announcement::Finished(_)) => progressed += 1,
-                    Ok(Announcement::Noop) => progressed += 1,
-                    Err(e) => {
-                        errors = true;
-                        warn!(workflow_id = %id, error = %e, "sweep: announcing failed; retrying next tick");
-                    }
-                }
-            }
-            // A short page means we have seen them all; a page of failures means stop for now.
-            if (ids.len() as u32) < batch || progressed == 0 {
-                break;
-            }
-        }
-        match baton.inner.store.open_workflows().await {
-            Ok(n) => metrics::open_workflows(n),
-            Err(_) => errors = true,
-        }
-        errors
-    }
 }
 
 impl Actor for Sweeper {
@@ -127,7 +85,8 @@ impl Actor for Sweeper {
                 let started = Instant::now();
                 let span = info_span!("baton.sweep", node = %state.baton.inner.node);
                 let rescue_failed = Self::rescue(state).instrument(span.clone()).await;
-                let errors = Self::sweep(&state.baton).instrument(span).await || rescue_failed;
+                let swept = state.baton.sweep_once().instrument(span).await;
+                let errors = rescue_failed || !swept.is_ok_and(|r| r.failed == 0);
                 if errors {
                     state.healthy_since = None;
                 } else if state.healthy_since.is_none() {

@@ -172,13 +172,13 @@ async fn run_attempt(
             delay: config.backoff(step.attempt),
         },
     };
-    end_attempt(&baton, &step, end).await;
+    end_attempt(&baton, &step, end, config.detect).await;
     baton.inner.running.remove(&step.id);
 }
 
 /// The terminal-transition primitive: a fenced write of how the attempt ended, retried through
 /// transient errors, then a `check` for every terminal transition that write committed.
-pub(crate) async fn end_attempt(baton: &Baton, step: &FetchedStep, end: AttemptEnd) {
+pub(crate) async fn end_attempt(baton: &Baton, step: &FetchedStep, end: AttemptEnd, detect: bool) {
     let mut failures = 0;
     let transitions = loop {
         match baton.inner.store.end_attempt(step, &end).await {
@@ -199,6 +199,7 @@ pub(crate) async fn end_attempt(baton: &Baton, step: &FetchedStep, end: AttemptE
                     AttemptEnd::Discarded {
                         error: format!("invalid added steps: {reason}"),
                     },
+                    detect,
                 ))
                 .await;
             }
@@ -213,7 +214,9 @@ pub(crate) async fn end_attempt(baton: &Baton, step: &FetchedStep, end: AttemptE
         debug!(workflow_id = %step.workflow_id, step = %step.name, attempt = step.attempt,
             "stale attempt: the step is no longer ours; its report was ignored");
     }
-    baton.report(&transitions).await;
+    if detect {
+        baton.report(&transitions).await;
+    }
     if !transitions.is_empty() || matches!(end, AttemptEnd::Retry { .. }) {
         baton.inner.work_available.notify_waiters();
     }
