@@ -141,7 +141,12 @@ pub(crate) fn finished_event(
             counts,
             detected_by,
             node: node.clone(),
-            finished_at: chrono::Utc::now(),
+            // At the precision both backends store (SQLite keeps milliseconds), so the event
+            // published here equals the one read back from the database by any other path.
+            finished_at: chrono::DateTime::from_timestamp_millis(
+                chrono::Utc::now().timestamp_millis(),
+            )
+            .unwrap_or_else(chrono::Utc::now),
             seq: 0,
         }),
         crate::completion::Settlement::Running { .. } => None,

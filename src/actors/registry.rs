@@ -92,7 +92,7 @@ pub(crate) struct Registry;
 
 /// How many announced workflow ids the registry remembers to drop repeats (the same claim
 /// arriving from this node's claim and from the cross-node channel, or from a catch-up).
-const REMEMBERED: usize = 100_000;
+const REMEMBERED: usize = 16_384;
 
 /// The registry's subscribers and waiters.
 #[derive(Default)]

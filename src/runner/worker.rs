@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::RunnerConfig;
 use super::handler::StepContext;
@@ -165,12 +165,16 @@ async fn run_attempt(
                 .unwrap_or_default(),
         },
         Some((error, permanent)) if permanent || step.attempt >= step.max_attempts => {
+            warn!(workflow_id = %step.workflow_id, step = %step.name, attempt = step.attempt,
+                %error, "step failed for good; discarding it");
             AttemptEnd::Discarded { error }
         }
-        Some((error, _)) => AttemptEnd::Retry {
-            error,
-            delay: config.backoff(step.attempt),
-        },
+        Some((error, _)) => {
+            let delay = config.backoff(step.attempt);
+            info!(workflow_id = %step.workflow_id, step = %step.name, attempt = step.attempt,
+                %error, retry_in = ?delay, "step attempt failed; will retry");
+            AttemptEnd::Retry { error, delay }
+        }
     };
     end_attempt(&baton, &step, end, config.detect).await;
     baton.inner.running.remove(&step.id);

@@ -39,10 +39,16 @@ pub(crate) struct PgStore {
 
 impl PgStore {
     pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
-        let connect = PgConnectOptions::from_str(url).map_err(|e| Error::InvalidUrl {
-            url: redact_url(url),
-            reason: e.to_string(),
-        })?;
+        // Step bookkeeping commits without waiting for the WAL flush: a crash can only undo a
+        // recent step write (the step is then re-run, at least once as always). Transactions
+        // whose effect must outlive a crash — inserting a workflow, the claim, cancel, retry —
+        // turn it back on; the claim's flush also makes every write it read durable.
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::InvalidUrl {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })?
+            .options([("synchronous_commit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -57,6 +63,20 @@ impl PgStore {
 
     pub(crate) fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    /// A transaction whose commit waits for the WAL flush (see `connect`).
+    async fn begin_durable(
+        &self,
+        ctx: &'static str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        const DURABLE: &str = "SET LOCAL synchronous_commit = on";
+        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        sqlx::query(DURABLE)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(ctx))?;
+        Ok(tx)
     }
 
     fn migrator() -> Migrator {
@@ -93,7 +113,7 @@ impl PgStore {
     pub(crate) async fn insert_workflow(&self, wf: &Workflow) -> Result<()> {
         const WORKFLOW: &str = "INSERT INTO baton_workflows (id, name) VALUES ($1, $2)";
         let ctx = "inserting a workflow";
-        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let mut tx = self.begin_durable(ctx).await?;
         sqlx::query(WORKFLOW)
             .bind(wf.id.0)
             .bind(&wf.name)
@@ -157,7 +177,7 @@ impl PgStore {
         const CLOSE: &str = "UPDATE baton_workflows SET finished_at = $2 WHERE id = $1";
         const NOTIFY: &str = "SELECT pg_notify($1, $2)";
         let ctx = "claiming a workflow";
-        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let mut tx = self.begin_durable(ctx).await?;
         let Some((name, closed)): Option<(String, bool)> = sqlx::query_as(LOCK)
             .bind(wf.0)
             .fetch_optional(&mut *tx)
@@ -492,7 +512,7 @@ impl PgStore {
         const RUNNING: &str = "UPDATE baton_steps SET cancel_requested = true \
              WHERE workflow_id = $1 AND state = 'executing' RETURNING id";
         let ctx = "cancelling a workflow";
-        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let mut tx = self.begin_durable(ctx).await?;
         let closed: Option<bool> = sqlx::query_scalar(LOCK)
             .bind(wf.0)
             .fetch_optional(&mut *tx)
@@ -536,7 +556,7 @@ impl PgStore {
              WHERE workflow_id = $1 AND name = $2 AND state IN ('discarded', 'cancelled') \
                AND pending_deps = 0";
         let ctx = "retrying a step";
-        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let mut tx = self.begin_durable(ctx).await?;
         let closed: Option<bool> = sqlx::query_scalar(LOCK)
             .bind(wf.0)
             .fetch_optional(&mut *tx)
