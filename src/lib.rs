@@ -71,3 +71,8 @@ pub use crate::state::{StepState, TerminalState};
 pub use crate::store::{WorkflowStatus, redact_url};
 #[doc(inline)]
 pub use crate::workflow::{Step, Workflow};
+
+/// The README's Rust examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
