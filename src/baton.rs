@@ -27,6 +27,35 @@ use crate::state::TerminalState;
 use crate::store::{Store, Transition, WorkflowStatus};
 use crate::workflow::Workflow;
 
+/// A position in the stream of announcements, for [`Baton::follow`].
+///
+/// ```
+/// let start = baton::Cursor::START;
+/// let after_17 = baton::Cursor::after_seq(17);
+/// assert_ne!(start, after_17);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    position: i64,
+    seq_floor: i64,
+}
+
+impl Cursor {
+    /// Before every announcement.
+    pub const START: Cursor = Cursor {
+        position: 0,
+        seq_floor: 0,
+    };
+
+    /// Announcements whose `seq` is above `seq` (e.g. to resume after the last one seen).
+    pub fn after_seq(seq: i64) -> Cursor {
+        Cursor {
+            position: 0,
+            seq_floor: seq.max(0),
+        }
+    }
+}
+
 /// What one [`Baton::sweep_once`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -451,7 +480,63 @@ impl Baton {
             .ok_or(Error::WorkflowNotFound(workflow))
     }
 
-    /// Announcements after position `seq` of the completions table, in order.
+    /// Follows announcements made by any process: returns those after `cursor`, in the order
+    /// they became visible, and the cursor to pass next time. Nothing is ever passed over, even
+    /// on PostgreSQL where claims can commit out of `seq` order. Start with [`Cursor::START`]
+    /// (everything) or [`Baton::cursor_now`] (from now on).
+    ///
+    /// ```no_run
+    /// # async fn run(baton: baton::Baton) -> baton::Result<()> {
+    /// let mut cursor = baton::Cursor::START;
+    /// loop {
+    ///     let (events, next) = baton.follow(cursor, 500).await?;
+    ///     for e in &events {
+    ///         println!("{} {}", e.workflow_id, e.outcome.as_str());
+    ///     }
+    ///     cursor = next;
+    ///     if events.is_empty() {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn follow(
+        &self,
+        cursor: Cursor,
+        limit: u32,
+    ) -> Result<(Vec<WorkflowFinished>, Cursor)> {
+        let rows = self
+            .inner
+            .store
+            .follow(cursor.position, cursor.seq_floor, limit)
+            .await?;
+        let mut next = cursor;
+        let events = rows
+            .into_iter()
+            .map(|(event, position)| {
+                next.position = next.position.max(position);
+                event
+            })
+            .collect();
+        Ok((events, next))
+    }
+
+    /// A cursor for [`follow`](Self::follow) that skips every announcement already made.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn cursor_now(&self) -> Result<Cursor> {
+        Ok(Cursor {
+            position: self.inner.store.head_position().await?,
+            seq_floor: 0,
+        })
+    }
+
+    /// Announcements after position `seq` of the completions table, in `seq` order: a listing
+    /// of what is stored. To follow new announcements as they come, use [`follow`](Self::follow).
     ///
     /// # Errors
     /// A database error.

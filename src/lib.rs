@@ -52,7 +52,7 @@ pub mod workflow;
 #[doc(inline)]
 pub use crate::actors::Topic;
 #[doc(inline)]
-pub use crate::baton::{Baton, Builder, CancelOutcome, SweepReport};
+pub use crate::baton::{Baton, Builder, CancelOutcome, Cursor, SweepReport};
 #[doc(inline)]
 pub use crate::completion::{Announcement, Settlement, settle};
 #[doc(inline)]

@@ -260,6 +260,24 @@ impl Store {
         dispatch!(self, s => s.completion(wf).await)
     }
 
+    /// Claims after `position` (and with `seq > seq_floor`), in the order they became visible,
+    /// at most `limit`, each with its position. Unlike `seq`, positions never let a reader pass
+    /// over a claim that commits late: SQLite assigns `seq` under its single write lock; Postgres
+    /// positions are claiming-transaction ids, returned only once no older transaction runs.
+    pub(crate) async fn follow(
+        &self,
+        position: i64,
+        seq_floor: i64,
+        limit: u32,
+    ) -> Result<Vec<(WorkflowFinished, i64)>> {
+        dispatch!(self, s => s.follow(position, seq_floor, limit).await)
+    }
+
+    /// The position before every claim that can still become visible.
+    pub(crate) async fn head_position(&self) -> Result<i64> {
+        dispatch!(self, s => s.head_position().await)
+    }
+
     /// Claims after `seq`, in order, at most `limit`.
     pub(crate) async fn completions_after(
         &self,

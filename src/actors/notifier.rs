@@ -1,8 +1,9 @@
 //! The notifier: relays claims made by other nodes (Postgres LISTEN) to this node's registry.
 //!
-//! Notifications are hints; the database is the truth. Each (re)connection of the listener is
-//! followed by a catch-up from the completions table, from a cursor on the claims' sequence, so
-//! a claim made while the listener was down is still delivered. The registry drops repeats.
+//! Notifications are hints; the database is the truth. Each (re)connection of the listener, and
+//! a timer, start a catch-up from the completions table with [`Baton::follow`], whose cursor never
+//! passes over a late-committing claim, so a claim made while the listener was down is still
+//! delivered. The registry drops repeats.
 
 use std::time::Duration;
 
@@ -11,13 +12,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::baton::Baton;
+use crate::baton::{Baton, Cursor};
 use crate::ids::WorkflowId;
 use crate::store::{PgStore, parse_notice, transient_backoff};
 
-/// Claims are re-read this far behind the cursor: sequence numbers are assigned at insert but
-/// become visible at commit, so a lower one can appear after a higher one.
-const CATCH_UP_WINDOW: i64 = 1_000;
 /// Claims read per catch-up query.
 const CATCH_UP_PAGE: u32 = 500;
 /// A catch-up runs this often even without reconnections, as a safety net.
@@ -26,7 +24,7 @@ const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
 /// Messages to the notifier.
 pub(crate) enum NotifierMessage {
     /// Another node (or this one) claimed a workflow.
-    Claimed { seq: i64, workflow_id: WorkflowId },
+    Claimed { workflow_id: WorkflowId },
     /// Read claims from the cursor on (after a reconnection, and periodically).
     CatchUp,
 }
@@ -37,22 +35,17 @@ pub(crate) struct Notifier;
 /// The notifier's state.
 pub(crate) struct NotifierState {
     baton: Baton,
-    /// The highest claim sequence delivered.
-    cursor: i64,
-    /// The highest sequence when this node started: catch-ups never reach below it, so
-    /// subscribers are not handed claims made before this node existed.
-    floor: i64,
+    /// Where the next catch-up starts; it starts at this node's birth, so subscribers are not
+    /// handed claims made before this node existed.
+    cursor: Cursor,
     stop: CancellationToken,
     listening: JoinHandle<()>,
 }
 
 impl NotifierState {
-    async fn deliver(&mut self, workflow_id: WorkflowId, seq: i64) {
+    async fn deliver(&mut self, workflow_id: WorkflowId) {
         match self.baton.inner.store.completion(workflow_id).await {
-            Ok(Some(event)) => {
-                self.cursor = self.cursor.max(seq);
-                self.baton.inner.publish(event);
-            }
+            Ok(Some(event)) => self.baton.inner.publish(event),
             Ok(None) => debug!(%workflow_id, "notified claim not found (pruned?)"),
             Err(e) => {
                 warn!(%workflow_id, error = %e, "reading a notified claim failed; the catch-up will deliver it")
@@ -61,14 +54,12 @@ impl NotifierState {
     }
 
     async fn catch_up(&mut self) {
-        let mut from = (self.cursor - CATCH_UP_WINDOW).max(self.floor);
         loop {
-            match self.baton.completions_after(from, CATCH_UP_PAGE).await {
-                Ok(events) => {
+            match self.baton.follow(self.cursor, CATCH_UP_PAGE).await {
+                Ok((events, next)) => {
+                    self.cursor = next;
                     let full = events.len() as u32 == CATCH_UP_PAGE;
                     for event in events {
-                        from = event.seq;
-                        self.cursor = self.cursor.max(event.seq);
                         self.baton.inner.publish(event);
                     }
                     if !full {
@@ -99,9 +90,9 @@ async fn listen(store: PgStore, notifier: ActorRef<NotifierMessage>, stop: Cance
                     };
                     match next {
                         Ok(Some(notice)) => {
-                            if let Some((seq, workflow_id)) = parse_notice(notice.payload()) {
-                                let _ = notifier
-                                    .send_message(NotifierMessage::Claimed { seq, workflow_id });
+                            if let Some((_, workflow_id)) = parse_notice(notice.payload()) {
+                                let _ =
+                                    notifier.send_message(NotifierMessage::Claimed { workflow_id });
                             }
                         }
                         Ok(None) | Err(_) => {
@@ -133,15 +124,13 @@ impl Actor for Notifier {
         myself: ActorRef<Self::Msg>,
         (baton, store): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // Start from now: subscribers hear of claims made from here on.
-        let cursor = store.max_seq().await?;
+        let cursor = baton.cursor_now().await?;
         let stop = CancellationToken::new();
         let listening = tokio::spawn(listen(store, myself.clone(), stop.clone()));
         myself.send_after(CATCH_UP_EVERY, || NotifierMessage::CatchUp);
         Ok(NotifierState {
             baton,
             cursor,
-            floor: cursor,
             stop,
             listening,
         })
@@ -164,7 +153,7 @@ impl Actor for Notifier {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            NotifierMessage::Claimed { seq, workflow_id } => state.deliver(workflow_id, seq).await,
+            NotifierMessage::Claimed { workflow_id } => state.deliver(workflow_id).await,
             NotifierMessage::CatchUp => {
                 state.catch_up().await;
                 myself.send_after(CATCH_UP_EVERY, || NotifierMessage::CatchUp);

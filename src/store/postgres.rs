@@ -285,6 +285,39 @@ impl PgStore {
         Ok(row.as_ref().map(completion_from_row))
     }
 
+    pub(crate) async fn follow(
+        &self,
+        position: i64,
+        seq_floor: i64,
+        limit: u32,
+    ) -> Result<Vec<(WorkflowFinished, i64)>> {
+        const SQL: &str = "SELECT workflow_id, seq, name, outcome, failed_steps, completed, discarded, \
+             cancelled, detected_by, node, finished_at, xact_id::text::bigint \
+             FROM baton_workflow_completions \
+             WHERE xact_id > $1::text::xid8 AND seq > $2 \
+               AND xact_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY xact_id LIMIT $3";
+        let rows = sqlx::query(SQL)
+            .bind(position.to_string())
+            .bind(seq_floor)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("following claims"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (completion_from_row(r), r.get::<i64, _>(11)))
+            .collect())
+    }
+
+    pub(crate) async fn head_position(&self) -> Result<i64> {
+        const SQL: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1";
+        sqlx::query_scalar(SQL)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("reading the claim cursor"))
+    }
+
     pub(crate) async fn completions_after(
         &self,
         seq: i64,

@@ -294,6 +294,32 @@ impl SqliteStore {
         Ok(row.as_ref().map(completion_from_row))
     }
 
+    pub(crate) async fn follow(
+        &self,
+        position: i64,
+        seq_floor: i64,
+        limit: u32,
+    ) -> Result<Vec<(WorkflowFinished, i64)>> {
+        // `seq` is assigned under the single write lock, so it is also the commit order.
+        Ok(self
+            .completions_after(position.max(seq_floor), limit)
+            .await?
+            .into_iter()
+            .map(|e| {
+                let seq = e.seq;
+                (e, seq)
+            })
+            .collect())
+    }
+
+    pub(crate) async fn head_position(&self) -> Result<i64> {
+        const SQL: &str = "SELECT coalesce(max(seq), 0) FROM baton_workflow_completions";
+        sqlx::query_scalar(SQL)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(Error::db("reading the claim cursor"))
+    }
+
     pub(crate) async fn completions_after(
         &self,
         seq: i64,

@@ -30,15 +30,6 @@ impl PgStore {
         listener.listen(CHANNEL).await.map_err(Error::db(ctx))?;
         Ok(listener)
     }
-
-    /// The highest claim sequence so far (0 when none).
-    pub(crate) async fn max_seq(&self) -> Result<i64> {
-        const SQL: &str = "SELECT coalesce(max(seq), 0) FROM baton_workflow_completions";
-        sqlx::query_scalar(SQL)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Error::db("reading the claim cursor"))
-    }
 }
 
 /// Parses a notification payload `"<seq>:<workflow id>"`.
