@@ -17,7 +17,6 @@ pub use builder::Builder;
 use crate::actors::Topic;
 use crate::actors::registry::{RegistryMessage, Subscriber};
 use crate::actors::supervisor::{Supervisor, SupervisorMessage};
-use crate::actors::sweeper::SweeperMessage;
 use crate::completion::{Announcement, ClaimResult, Overlay, try_claim};
 use crate::error::{Error, Result};
 use crate::event::{DetectedBy, WorkflowFinished};
@@ -96,9 +95,8 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) registry: ActorRef<RegistryMessage>,
     pub(crate) supervisors: DashMap<WorkflowId, ActorRef<SupervisorMessage>>,
-    pub(crate) sweeper: std::sync::Mutex<Option<ActorRef<SweeperMessage>>>,
-    /// Relays other nodes' claims (Postgres only).
-    pub(crate) notifier: std::sync::Mutex<Option<ractor::ActorCell>>,
+    /// The sweeper and the notifier, stopped first at shutdown.
+    pub(crate) background: std::sync::Mutex<Vec<ractor::ActorCell>>,
     /// Wakes the runner's fetcher when new work may be available.
     pub(crate) work_available: Notify,
     /// Cancellation signals of the steps this node is running.
@@ -553,14 +551,20 @@ impl Baton {
         }
     }
 
-    /// Stops the sweeper, the supervisors and the registry, and closes the database pool.
+    /// Stops the sweeper, the notifier, the supervisors and the registry, and closes the
+    /// database pool.
     pub async fn shutdown(&self) {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return;
         }
-        let sweeper = self.inner.sweeper.lock().ok().and_then(|mut s| s.take());
-        if let Some(sweeper) = sweeper {
-            let _ = sweeper
+        let background = self
+            .inner
+            .background
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
+        for actor in background {
+            let _ = actor
                 .stop_and_wait(None, Some(Duration::from_secs(10)))
                 .await;
         }

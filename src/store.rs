@@ -170,7 +170,7 @@ pub struct WorkflowStatus {
 #[derive(Clone, Debug)]
 pub(crate) enum Store {
     #[cfg(feature = "postgres")]
-    Postgres(PgStore),
+    Postgres(Box<PgStore>),
     #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
 }
@@ -192,7 +192,9 @@ impl Store {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Ok(Store::Postgres(PgStore::connect(url, options).await?)),
+            "postgres" | "postgresql" => Ok(Store::Postgres(Box::new(
+                PgStore::connect(url, options).await?,
+            ))),
             #[cfg(feature = "sqlite")]
             "sqlite" => Ok(Store::Sqlite(SqliteStore::connect(url, options).await?)),
             _ => Err(Error::InvalidUrl {

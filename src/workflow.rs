@@ -234,6 +234,9 @@ pub(crate) struct NewStepRow<'a> {
     pub(crate) pending: u32,
 }
 
+/// Rows to insert and their dependency edges (step, depends_on).
+pub(crate) type Plan<'a> = (Vec<NewStepRow<'a>>, Vec<(StepId, StepId)>);
+
 /// Plans steps added to a running workflow by one of its steps. `existing` maps the names of
 /// the workflow's steps that `added` mentions (as names or dependencies) to their id and state.
 ///
@@ -241,7 +244,7 @@ pub(crate) struct NewStepRow<'a> {
 pub(crate) fn plan_additions<'a>(
     added: &'a [Step],
     existing: &HashMap<String, (StepId, StepState)>,
-) -> Result<(Vec<NewStepRow<'a>>, Vec<(StepId, StepId)>)> {
+) -> Result<Plan<'a>> {
     let invalid = |msg: String| Err(Error::InvalidWorkflow(msg));
     // Validate the new steps among themselves (names, kinds, cycles), existing deps set aside.
     let mut own = Workflow::new("added steps");

@@ -110,10 +110,10 @@ impl RegistryState {
             return false;
         }
         self.delivered_order.push_back(id);
-        if self.delivered_order.len() > REMEMBERED {
-            if let Some(old) = self.delivered_order.pop_front() {
-                self.delivered.remove(&old);
-            }
+        if self.delivered_order.len() > REMEMBERED
+            && let Some(old) = self.delivered_order.pop_front()
+        {
+            self.delivered.remove(&old);
         }
         true
     }

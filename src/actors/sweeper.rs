@@ -32,7 +32,7 @@ impl Sweeper {
     async fn rescue(state: &mut SweeperState) -> bool {
         let baton = &state.baton;
         let lease = baton.inner.config.lease;
-        if !state.healthy_since.is_some_and(|t| t.elapsed() >= lease) {
+        if state.healthy_since.is_none_or(|t| t.elapsed() < lease) {
             return false;
         }
         match baton

@@ -154,8 +154,7 @@ impl Builder {
             stats: Stats::default(),
             registry,
             supervisors: DashMap::new(),
-            sweeper: std::sync::Mutex::new(None),
-            notifier: std::sync::Mutex::new(None),
+            background: std::sync::Mutex::new(Vec::new()),
             work_available: Notify::new(),
             running: DashMap::new(),
             shut_down: AtomicBool::new(false),
@@ -169,8 +168,8 @@ impl Builder {
                     context: "starting the sweeper",
                     reason: e.to_string(),
                 })?;
-            if let Ok(mut slot) = baton.inner.sweeper.lock() {
-                *slot = Some(sweeper);
+            if let Ok(mut background) = baton.inner.background.lock() {
+                background.push(sweeper.get_cell());
             }
         }
         #[cfg(feature = "postgres")]
@@ -178,15 +177,15 @@ impl Builder {
             let (notifier, _) = Actor::spawn(
                 None,
                 crate::actors::notifier::Notifier,
-                (baton.clone(), pg.clone()),
+                (baton.clone(), (**pg).clone()),
             )
             .await
             .map_err(|e| Error::Actor {
                 context: "starting the claims listener",
                 reason: e.to_string(),
             })?;
-            if let Ok(mut slot) = baton.inner.notifier.lock() {
-                *slot = Some(notifier.get_cell());
+            if let Ok(mut background) = baton.inner.background.lock() {
+                background.push(notifier.get_cell());
             }
         }
         Ok(baton)

@@ -455,10 +455,10 @@ impl PgStore {
             .await?;
         }
         // After the promotion above, so new steps that depend on this one are not counted twice.
-        if let (Some(StepState::Completed), AttemptEnd::Completed { added }) = (state, end) {
-            if !added.is_empty() {
-                add_steps(&mut tx, step.workflow_id, added, &mut transitions).await?;
-            }
+        if let (Some(StepState::Completed), AttemptEnd::Completed { added }) = (state, end)
+            && !added.is_empty()
+        {
+            add_steps(&mut tx, step.workflow_id, added, &mut transitions).await?;
         }
         tx.commit().await.map_err(Error::db(ctx))?;
         Ok(transitions)

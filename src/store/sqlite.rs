@@ -467,10 +467,10 @@ impl SqliteStore {
             .await?;
         }
         // After the promotion above, so new steps that depend on this one are not counted twice.
-        if let (Some(StepState::Completed), AttemptEnd::Completed { added }) = (state, end) {
-            if !added.is_empty() {
-                add_steps(&mut tx, step.workflow_id, added, now, &mut transitions).await?;
-            }
+        if let (Some(StepState::Completed), AttemptEnd::Completed { added }) = (state, end)
+            && !added.is_empty()
+        {
+            add_steps(&mut tx, step.workflow_id, added, now, &mut transitions).await?;
         }
         tx.commit().await.map_err(Error::db(ctx))?;
         Ok(transitions)
@@ -832,6 +832,6 @@ fn completion_from_row(r: &SqliteRow) -> WorkflowFinished {
         finished_at: Utc
             .timestamp_millis_opt(r.get(10))
             .single()
-            .unwrap_or_else(|| DateTime::<Utc>::UNIX_EPOCH),
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
     }
 }
