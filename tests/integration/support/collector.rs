@@ -1,7 +1,7 @@
 //! A subscriber actor that records every event it receives, for the test to inspect.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton::{Baton, Topic, WorkflowFinished, WorkflowId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -10,11 +10,26 @@ use super::wait_until;
 
 /// What a [`Collector`] received, shared with the test.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Events(Arc<Mutex<Vec<WorkflowFinished>>>);
+pub(crate) struct Events(Arc<Mutex<Vec<WorkflowFinished>>>, Arc<Mutex<Vec<Received>>>);
+
+/// When an event reached the collector.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Received {
+    pub(crate) workflow_id: WorkflowId,
+    /// Wall clock, comparable with timestamps written by the database on the same machine.
+    pub(crate) at: chrono::DateTime<chrono::Utc>,
+    /// Monotonic clock, comparable with `Instant`s taken by the test.
+    pub(crate) instant: Instant,
+}
 
 impl Events {
     pub(crate) fn all(&self) -> Vec<WorkflowFinished> {
         self.0.lock().expect("events lock").clone()
+    }
+
+    /// When each event was received, in order of receipt.
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.1.lock().expect("events lock").clone()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -43,6 +58,12 @@ impl Events {
     }
 
     fn push(&self, event: WorkflowFinished) {
+        let received = Received {
+            workflow_id: event.workflow_id,
+            at: chrono::Utc::now(),
+            instant: Instant::now(),
+        };
+        self.1.lock().expect("events lock").push(received);
         self.0.lock().expect("events lock").push(event);
     }
 }

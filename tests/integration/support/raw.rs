@@ -5,7 +5,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use baton::{StepId, WorkflowId};
+use baton::{NodeId, Outcome, StepCounts, StepId, WorkflowFinished, WorkflowId};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection, SqliteConnection};
@@ -181,6 +181,123 @@ impl Raw {
             Raw::Sqlite(p) => sqlx::query_as(SQL).bind(wf.to_string()).fetch_one(p).await,
         }
         .expect("reading a claim row")
+    }
+}
+
+impl Raw {
+    /// The Postgres pool, for Postgres-only tests.
+    pub(crate) fn pg(&self) -> &PgPool {
+        match self {
+            Raw::Pg(p) => p,
+            Raw::Sqlite(_) => panic!("a Postgres-only helper used on SQLite"),
+        }
+    }
+
+    /// Runs a parameterless query that reads the same on both backends and returns one integer.
+    pub(crate) async fn scalar(&self, sql: &'static str) -> i64 {
+        match self {
+            Raw::Pg(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            Raw::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Marks `node`'s lease expired, as if it had stopped renewing it. Returns whether its row
+    /// existed.
+    pub(crate) async fn expire_node(&self, node: &NodeId) -> bool {
+        const PG: &str = "UPDATE baton_nodes SET lease_expires_at = now() - interval '1 hour' \
+                          WHERE id = $1";
+        const SQLITE: &str = "UPDATE baton_nodes SET lease_expires_at = 0 WHERE id = $1";
+        match self {
+            Raw::Pg(p) => sqlx::query(PG).bind(&node.0).execute(p).await,
+            Raw::Sqlite(p) => sqlx::query(SQLITE).bind(&node.0).execute(p).await,
+        }
+        .map(|r| r.rows_affected() == 1)
+        .expect("expiring a node's lease")
+    }
+
+    /// `(state, attempt, last_error)` of step `name` of `wf`.
+    pub(crate) async fn step(&self, wf: WorkflowId, name: &str) -> (String, i64, Option<String>) {
+        const PG: &str = "SELECT state, attempt::int8, last_error FROM baton_steps \
+                          WHERE workflow_id = $1 AND name = $2";
+        const SQLITE: &str = "SELECT state, attempt, last_error FROM baton_steps \
+                              WHERE workflow_id = $1 AND name = $2";
+        match self {
+            Raw::Pg(p) => sqlx::query_as(PG).bind(wf.0).bind(name).fetch_one(p).await,
+            Raw::Sqlite(p) => {
+                sqlx::query_as(SQLITE)
+                    .bind(wf.to_string())
+                    .bind(name)
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .unwrap_or_else(|e| panic!("reading step {name} of {wf}: {e}"))
+    }
+
+    /// Moves a workflow, its steps and its claim (if any) a year into the past.
+    pub(crate) async fn age(&self, wf: WorkflowId) {
+        const PG: [&str; 3] = [
+            "UPDATE baton_workflows SET inserted_at = inserted_at - interval '365 days', \
+             finished_at = finished_at - interval '365 days' WHERE id = $1",
+            "UPDATE baton_steps SET inserted_at = inserted_at - interval '365 days', \
+             finished_at = finished_at - interval '365 days' WHERE workflow_id = $1",
+            "UPDATE baton_workflow_completions SET finished_at = finished_at - interval '365 days' \
+             WHERE workflow_id = $1",
+        ];
+        const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
+        const SQLITE: [&str; 3] = [
+            "UPDATE baton_workflows SET inserted_at = inserted_at - $2, \
+             finished_at = finished_at - $2 WHERE id = $1",
+            "UPDATE baton_steps SET inserted_at = inserted_at - $2, \
+             finished_at = finished_at - $2 WHERE workflow_id = $1",
+            "UPDATE baton_workflow_completions SET finished_at = finished_at - $2 \
+             WHERE workflow_id = $1",
+        ];
+        for (pg, sqlite) in PG.into_iter().zip(SQLITE) {
+            match self {
+                Raw::Pg(p) => sqlx::query(pg).bind(wf.0).execute(p).await,
+                Raw::Sqlite(p) => {
+                    sqlx::query(sqlite)
+                        .bind(wf.to_string())
+                        .bind(YEAR_MS)
+                        .execute(p)
+                        .await
+                }
+            }
+            .unwrap_or_else(|e| panic!("ageing workflow {wf}: {e}"));
+        }
+    }
+
+    /// Asserts that an announcement agrees with the steps table: every step terminal, the
+    /// counts, the failed steps and the outcome those states give.
+    pub(crate) async fn assert_agrees_with_steps(&self, event: &WorkflowFinished) {
+        let wf = event.workflow_id;
+        let mut counts = StepCounts::default();
+        let mut failed = Vec::new();
+        for (name, state, _) in self.steps(wf).await {
+            match state.as_str() {
+                "completed" => counts.completed += 1,
+                "discarded" => {
+                    counts.discarded += 1;
+                    failed.push(name);
+                }
+                "cancelled" => {
+                    counts.cancelled += 1;
+                    failed.push(name);
+                }
+                other => panic!("step {name} of announced workflow {wf} is {other}"),
+            }
+        }
+        failed.sort();
+        let outcome = if failed.is_empty() {
+            Outcome::Completed
+        } else {
+            Outcome::Failed
+        };
+        assert_eq!(event.counts, counts, "counts of workflow {wf}");
+        assert_eq!(event.failed_steps, failed, "failed steps of workflow {wf}");
+        assert_eq!(event.outcome, outcome, "outcome of workflow {wf}");
     }
 }
 
