@@ -162,23 +162,31 @@ impl PgStore {
         detected_by: DetectedBy,
         node: &NodeId,
     ) -> Result<ClaimResult> {
-        // The row lock serialises claims and step retries of one workflow: the outcome read here
-        // cannot change before the claim commits. NO KEY UPDATE leaves FK inserts unblocked.
-        const LOCK: &str = "SELECT name, finished_at IS NOT NULL FROM baton_workflows \
-             WHERE id = $1 FOR NO KEY UPDATE";
-        const COMPLETED: &str =
-            "SELECT count(*) FROM baton_steps WHERE workflow_id = $1 AND state = 'completed'";
-        const OTHERS: &str = "SELECT id, name, state FROM baton_steps \
-             WHERE workflow_id = $1 AND state <> 'completed'";
-        const INSERT: &str = "INSERT INTO baton_workflow_completions \
-             (workflow_id, name, outcome, failed_steps, completed, discarded, cancelled, detected_by, node, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (workflow_id) DO NOTHING RETURNING seq";
-        const CLOSE: &str = "UPDATE baton_workflows SET finished_at = $2 WHERE id = $1";
-        const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+        // Four round trips. The row lock serialises claims and step retries of one workflow, so
+        // the outcome read here cannot change before the claim commits (NO KEY UPDATE leaves FK
+        // inserts unblocked); the claim's commit waits for the WAL flush (see `connect`).
+        const LOCK: &str = "SELECT name, finished_at IS NOT NULL, \
+                 set_config('synchronous_commit', 'on', true) \
+             FROM baton_workflows WHERE id = $1 FOR NO KEY UPDATE";
+        // The completed steps as one count row (id NULL), then every other step.
+        const STEPS: &str = "SELECT NULL::uuid, NULL::text, 'completed', count(*) FROM baton_steps \
+                 WHERE workflow_id = $1 AND state = 'completed' \
+             UNION ALL \
+             SELECT id, name, state, 1 FROM baton_steps WHERE workflow_id = $1 AND state <> 'completed'";
+        // Insert the claim, close the workflow and notify other nodes, all or nothing.
+        const CLAIM: &str = "WITH claimed AS ( \
+                 INSERT INTO baton_workflow_completions (workflow_id, name, outcome, failed_steps, \
+                     completed, discarded, cancelled, detected_by, node, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (workflow_id) DO NOTHING RETURNING seq), \
+             closed AS ( \
+                 UPDATE baton_workflows SET finished_at = $10 \
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM claimed)), \
+             notified AS (SELECT pg_notify($11, seq::text || ':' || $1::text) FROM claimed) \
+             SELECT seq FROM claimed, notified";
         let ctx = "claiming a workflow";
-        let mut tx = self.begin_durable(ctx).await?;
-        let Some((name, closed)): Option<(String, bool)> = sqlx::query_as(LOCK)
+        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let Some((name, closed, _)): Option<(String, bool, String)> = sqlx::query_as(LOCK)
             .bind(wf.0)
             .fetch_optional(&mut *tx)
             .await
@@ -189,35 +197,35 @@ impl PgStore {
         if closed {
             return Ok(ClaimResult::Lost);
         }
-        let completed: i64 = sqlx::query_scalar(COMPLETED)
-            .bind(wf.0)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(Error::db(ctx))?;
-        let not_completed = sqlx::query(OTHERS)
+        let mut completed = 0;
+        let mut not_completed = Vec::new();
+        for r in sqlx::query(STEPS)
             .bind(wf.0)
             .fetch_all(&mut *tx)
             .await
             .map_err(Error::db(ctx))?
-            .iter()
-            .map(|r| {
-                let state: String = r.get(2);
-                (
-                    StepId(r.get(0)),
-                    r.get::<String, _>(1),
-                    state.parse().unwrap_or(StepState::Scheduled),
-                )
-            })
-            .collect();
+        {
+            match r.get::<Option<Uuid>, _>(0) {
+                None => completed = r.get::<i64, _>(3) as u64,
+                Some(id) => {
+                    let state: String = r.get(2);
+                    not_completed.push((
+                        StepId(id),
+                        r.get::<String, _>(1),
+                        state.parse().unwrap_or(StepState::Scheduled),
+                    ));
+                }
+            }
+        }
         let rows = SettlementRows {
             name,
-            completed: completed as u64,
+            completed,
             not_completed,
         };
         let Some(mut event) = finished_event(wf, rows, overlay, detected_by, node) else {
             return Ok(ClaimResult::NotSettled);
         };
-        let seq: Option<i64> = sqlx::query_scalar(INSERT)
+        let seq: Option<i64> = sqlx::query_scalar(CLAIM)
             .bind(wf.0)
             .bind(&event.name)
             .bind(event.outcome.as_str())
@@ -228,6 +236,7 @@ impl PgStore {
             .bind(detected_by.as_str())
             .bind(&node.0)
             .bind(event.finished_at)
+            .bind(CHANNEL)
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(ctx))?;
@@ -235,19 +244,6 @@ impl PgStore {
             return Ok(ClaimResult::Lost);
         };
         event.seq = seq;
-        sqlx::query(CLOSE)
-            .bind(wf.0)
-            .bind(event.finished_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db(ctx))?;
-        // Inside the claim transaction: other nodes hear of it if and only if it commits.
-        sqlx::query(NOTIFY)
-            .bind(CHANNEL)
-            .bind(format!("{seq}:{wf}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db(ctx))?;
         tx.commit().await.map_err(Error::db(ctx))?;
         Ok(ClaimResult::Won(event))
     }
