@@ -11,10 +11,15 @@
 mod support;
 
 mod bad_input;
+mod cancel;
 mod detection;
 mod detection_cost;
 mod exactly_once;
 mod faults;
 mod instances;
+mod leases;
 mod outcome;
+mod reports;
 mod small_workflows;
+mod subscribers;
+mod waiting;

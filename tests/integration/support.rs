@@ -222,6 +222,25 @@ pub(crate) async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnM
     }
 }
 
+/// Polls an async condition every 10 ms until it holds; fails the test after `timeout`.
+pub(crate) async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Asserts that `cond` keeps holding for the whole `window` (a negative check: "nothing else
 /// arrives"), failing at the first poll where it does not.
 pub(crate) async fn holds_for(what: &str, window: Duration, mut cond: impl FnMut() -> bool) {

@@ -209,10 +209,18 @@ impl Raw {
                           WHERE id = $1";
         const SQLITE: &str = "UPDATE baton_nodes SET lease_expires_at = 0 WHERE id = $1";
         match self {
-            Raw::Pg(p) => sqlx::query(PG).bind(&node.0).execute(p).await,
-            Raw::Sqlite(p) => sqlx::query(SQLITE).bind(&node.0).execute(p).await,
+            Raw::Pg(p) => sqlx::query(PG)
+                .bind(&node.0)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            Raw::Sqlite(p) => sqlx::query(SQLITE)
+                .bind(&node.0)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
         }
-        .map(|r| r.rows_affected() == 1)
+        .map(|rows| rows == 1)
         .expect("expiring a node's lease")
     }
 
@@ -256,14 +264,13 @@ impl Raw {
         ];
         for (pg, sqlite) in PG.into_iter().zip(SQLITE) {
             match self {
-                Raw::Pg(p) => sqlx::query(pg).bind(wf.0).execute(p).await,
-                Raw::Sqlite(p) => {
-                    sqlx::query(sqlite)
-                        .bind(wf.to_string())
-                        .bind(YEAR_MS)
-                        .execute(p)
-                        .await
-                }
+                Raw::Pg(p) => sqlx::query(pg).bind(wf.0).execute(p).await.map(drop),
+                Raw::Sqlite(p) => sqlx::query(sqlite)
+                    .bind(wf.to_string())
+                    .bind(YEAR_MS)
+                    .execute(p)
+                    .await
+                    .map(drop),
             }
             .unwrap_or_else(|e| panic!("ageing workflow {wf}: {e}"));
         }
