@@ -8,6 +8,7 @@
 //! | `baton_workflows_finished_total` | counter | `outcome`, `path` |
 //! | `baton_claims_lost_total` | counter | `path` |
 //! | `baton_checks_total` | counter | |
+//! | `baton_checks_deferred_total` | counter | |
 //! | `baton_check_errors_total` | counter | |
 //! | `baton_detection_queries_total` | counter | |
 //! | `baton_sweeps_total` | counter | |
@@ -37,6 +38,7 @@ pub const DETECTION_LATENCY: &str = "baton_detection_latency_seconds";
 #[derive(Debug, Default)]
 pub struct Stats {
     checks: AtomicU64,
+    checks_deferred: AtomicU64,
     check_errors: AtomicU64,
     detection_queries: AtomicU64,
     claims_won: AtomicU64,
@@ -49,6 +51,9 @@ pub struct Stats {
 pub struct StatsSnapshot {
     /// `check` calls.
     pub checks: u64,
+    /// Terminal steps of the built-in runner that needed no check: their own write moved a
+    /// waiting dependent along, so the workflow could not have settled.
+    pub checks_deferred: u64,
     /// Failures inside `check` (logged and swallowed).
     pub check_errors: u64,
     /// Detection queries issued (prompt and sweep paths).
@@ -66,6 +71,7 @@ impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             checks: self.checks.load(Relaxed),
+            checks_deferred: self.checks_deferred.load(Relaxed),
             check_errors: self.check_errors.load(Relaxed),
             detection_queries: self.detection_queries.load(Relaxed),
             claims_won: self.claims_won.load(Relaxed),
@@ -77,6 +83,11 @@ impl Stats {
     pub(crate) fn check(&self) {
         self.checks.fetch_add(1, Relaxed);
         metrics::counter!("baton_checks_total").increment(1);
+    }
+
+    pub(crate) fn check_deferred(&self) {
+        self.checks_deferred.fetch_add(1, Relaxed);
+        metrics::counter!("baton_checks_deferred_total").increment(1);
     }
 
     pub(crate) fn check_error(&self) {

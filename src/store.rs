@@ -71,6 +71,22 @@ pub(crate) struct Transition {
     pub(crate) workflow_id: WorkflowId,
     pub(crate) step_id: StepId,
     pub(crate) state: TerminalState,
+    /// The same write found a dependent of this step still waiting on it (and moved it along).
+    /// That dependent is non-terminal when this write commits, and whatever ends it commits
+    /// later and is reported in turn, so this transition cannot be the one that settles the
+    /// workflow and needs no detection of its own.
+    pub(crate) dependents_waiting: bool,
+}
+
+impl Transition {
+    pub(crate) fn new(workflow_id: WorkflowId, step_id: StepId, state: TerminalState) -> Self {
+        Self {
+            workflow_id,
+            step_id,
+            state,
+            dependents_waiting: false,
+        }
+    }
 }
 
 /// What detection learned about a workflow's non-terminal steps.

@@ -27,6 +27,10 @@ pub(crate) use listen::parse_notice;
 /// The channel claims are announced on to other nodes.
 pub(crate) const CHANNEL: &str = "baton_finished";
 const LEDGER: &str = "_baton_migrations";
+/// `application_name` of baton's connections (`pg_stat_activity` shows it) unless the URL sets
+/// one; the listener's session connection adds [`LISTENER_SUFFIX`].
+const APPLICATION_NAME: &str = "baton";
+const LISTENER_SUFFIX: &str = "-listener";
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -34,6 +38,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 #[derive(Clone, Debug)]
 pub(crate) struct PgStore {
     pub(crate) pool: PgPool,
+    /// Connections of their own for detection and the claim, so that an announcement never
+    /// queues for a connection behind the runner's step writes.
+    detection: PgPool,
     connect_options: PgConnectOptions,
 }
 
@@ -43,20 +50,33 @@ impl PgStore {
         // recent step write (the step is then re-run, at least once as always). Transactions
         // whose effect must outlive a crash — inserting a workflow, the claim, cancel, retry —
         // turn it back on; the claim's flush also makes every write it read durable.
-        let connect = PgConnectOptions::from_str(url)
+        let mut connect = PgConnectOptions::from_str(url)
             .map_err(|e| Error::InvalidUrl {
                 url: redact_url(url),
                 reason: e.to_string(),
             })?
             .options([("synchronous_commit", "off")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect.clone())
-            .await
-            .map_err(Error::db("connecting to PostgreSQL"))?;
+        if connect.get_application_name().is_none() {
+            connect = connect.application_name(APPLICATION_NAME);
+        }
+        // A quarter of the connections (1 to 4) for detection, the rest for everything else.
+        let detection_size = (options.max_connections / 4).clamp(1, 4);
+        let main_size = options
+            .max_connections
+            .saturating_sub(detection_size)
+            .max(1);
+        let pool_of = |size: u32| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect.clone())
+        };
+        let ctx = "connecting to PostgreSQL";
+        let pool = pool_of(main_size).await.map_err(Error::db(ctx))?;
+        let detection = pool_of(detection_size).await.map_err(Error::db(ctx))?;
         Ok(Self {
             pool,
+            detection,
             connect_options: connect,
         })
     }
@@ -142,7 +162,7 @@ impl PgStore {
         let rows: Vec<Option<Uuid>> = sqlx::query_scalar(SQL)
             .bind(wf.0)
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.detection)
             .await
             .map_err(Error::db("reading outstanding steps"))?;
         let mut out = Outstanding::default();
@@ -185,7 +205,7 @@ impl PgStore {
              notified AS (SELECT pg_notify($11, seq::text || ':' || $1::text) FROM claimed) \
              SELECT seq FROM claimed, notified";
         let ctx = "claiming a workflow";
-        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
+        let mut tx = self.detection.begin().await.map_err(Error::db(ctx))?;
         let Some((name, closed, _)): Option<(String, bool, String)> = sqlx::query_as(LOCK)
             .bind(wf.0)
             .fetch_optional(&mut *tx)
@@ -275,7 +295,7 @@ impl PgStore {
              cancelled, detected_by, node, finished_at FROM baton_workflow_completions WHERE workflow_id = $1";
         let row = sqlx::query(SQL)
             .bind(wf.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.detection)
             .await
             .map_err(Error::db("reading a completion"))?;
         Ok(row.as_ref().map(completion_from_row))
@@ -401,62 +421,86 @@ impl PgStore {
         step: &FetchedStep,
         end: &AttemptEnd,
     ) -> Result<Vec<Transition>> {
-        // Every write is fenced by (id, attempt, executing): a stale attempt changes nothing. A
-        // step whose workflow was cancelled while it ran ends `cancelled`, whatever the handler did.
-        const COMPLETE: &str = "UPDATE baton_steps SET \
-                 state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END, \
-                 finished_at = now(), owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'executing' RETURNING state";
-        const RETRY: &str = "UPDATE baton_steps SET \
-                 state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'retryable' END, \
-                 finished_at = CASE WHEN cancel_requested THEN now() END, last_error = $3, \
-                 run_at = now() + $4 * interval '1 millisecond', owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'executing' RETURNING state";
-        const DISCARD: &str = "UPDATE baton_steps SET \
-                 state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'discarded' END, \
-                 last_error = $3, finished_at = now(), owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND attempt = $2 AND state = 'executing' RETURNING state";
+        // One statement: the fenced write of the attempt's end — by (id, attempt, executing), so
+        // a stale attempt changes nothing; a step whose workflow was cancelled while it ran ends
+        // `cancelled` — with, after a completion, the promotion of its dependents, or, after a
+        // failure, the cancellation of every transitive dependent. Without added steps it runs
+        // alone, in one round trip.
+        const END: &str = "WITH RECURSIVE ended AS ( \
+                 UPDATE baton_steps SET \
+                     state = CASE WHEN cancel_requested THEN 'cancelled' ELSE $3 END, \
+                     finished_at = CASE WHEN cancel_requested OR $3 <> 'retryable' THEN now() END, \
+                     last_error = CASE WHEN $3 = 'completed' THEN last_error ELSE $4 END, \
+                     run_at = CASE WHEN $3 = 'retryable' \
+                         THEN now() + $5 * interval '1 millisecond' ELSE run_at END, \
+                     owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND attempt = $2 AND state = 'executing' RETURNING state), \
+             promoted AS ( \
+                 UPDATE baton_steps SET pending_deps = pending_deps - 1, \
+                     state = CASE WHEN pending_deps = 1 THEN 'available' ELSE state END, run_at = now() \
+                 WHERE state = 'scheduled' AND EXISTS (SELECT 1 FROM ended WHERE state = 'completed') \
+                   AND id IN (SELECT step_id FROM baton_step_deps WHERE depends_on = $1) \
+                 RETURNING 1), \
+             dependents(id) AS ( \
+                 SELECT step_id FROM baton_step_deps WHERE depends_on = $1 \
+                   AND EXISTS (SELECT 1 FROM ended WHERE state IN ('discarded', 'cancelled')) \
+                 UNION SELECT d.step_id FROM baton_step_deps d JOIN dependents x ON d.depends_on = x.id), \
+             cancelled AS ( \
+                 UPDATE baton_steps SET state = 'cancelled', finished_at = now(), last_error = $6 \
+                 WHERE id IN (SELECT id FROM dependents) \
+                   AND state IN ('scheduled', 'available', 'executing', 'retryable') \
+                 RETURNING id) \
+             SELECT NULL::uuid, state, (SELECT count(*) FROM promoted) FROM ended \
+             UNION ALL SELECT id, 'cancelled', 0 FROM cancelled";
         let ctx = "ending a step's attempt";
-        let mut tx = self.pool.begin().await.map_err(Error::db(ctx))?;
-        let attempt = step.attempt as i32;
-        let query = match end {
-            AttemptEnd::Completed { .. } => {
-                sqlx::query_scalar(COMPLETE).bind(step.id.0).bind(attempt)
+        let (target, error, delay, added) = match end {
+            AttemptEnd::Completed { added } => ("completed", None, 0.0, added.as_slice()),
+            AttemptEnd::Retry { error, delay } => {
+                ("retryable", Some(error), delay.as_millis() as f64, &[][..])
             }
-            AttemptEnd::Retry { error, delay } => sqlx::query_scalar(RETRY)
-                .bind(step.id.0)
-                .bind(attempt)
-                .bind(error)
-                .bind(delay.as_millis() as f64),
-            AttemptEnd::Discarded { error } => sqlx::query_scalar(DISCARD)
-                .bind(step.id.0)
-                .bind(attempt)
-                .bind(error),
+            AttemptEnd::Discarded { error } => ("discarded", Some(error), 0.0, &[][..]),
         };
-        let state: Option<String> = query
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(Error::db(ctx))?;
+        let query = sqlx::query(END)
+            .bind(step.id.0)
+            .bind(step.attempt as i32)
+            .bind(target)
+            .bind(error)
+            .bind(delay)
+            .bind(format!("dependency {:?} did not complete", step.name));
+        let mut tx = None;
+        let rows = if added.is_empty() {
+            query.fetch_all(&self.pool).await
+        } else {
+            let tx = tx.insert(self.pool.begin().await.map_err(Error::db(ctx))?);
+            query.fetch_all(&mut **tx).await
+        }
+        .map_err(Error::db(ctx))?;
         let mut transitions = Vec::new();
-        let state = state.and_then(|s| s.parse::<StepState>().ok());
-        if let Some(state) = state {
-            after_terminal(
-                &mut tx,
-                step.workflow_id,
-                step.id,
-                &step.name,
-                state,
-                &mut transitions,
-            )
-            .await?;
+        for r in &rows {
+            let state = r.get::<&str, _>(1).parse::<StepState>().ok();
+            let Some(Ok(state)) = state.map(TerminalState::try_from) else {
+                continue; // a retry: not terminal
+            };
+            match r.get::<Option<Uuid>, _>(0) {
+                None => {
+                    let mut this = Transition::new(step.workflow_id, step.id, state);
+                    this.dependents_waiting = r.get::<i64, _>(2) > 0;
+                    transitions.push(this);
+                }
+                Some(id) => transitions.push(Transition::new(step.workflow_id, StepId(id), state)),
+            }
         }
-        // After the promotion above, so new steps that depend on this one are not counted twice.
-        if let (Some(StepState::Completed), AttemptEnd::Completed { added }) = (state, end)
-            && !added.is_empty()
-        {
-            add_steps(&mut tx, step.workflow_id, added, &mut transitions).await?;
+        if let Some(mut tx) = tx {
+            // After the promotion above, so new steps that depend on this one are not counted
+            // twice; only if this attempt really completed the step (not stale, not cancelled).
+            if transitions
+                .first()
+                .is_some_and(|t| t.state == TerminalState::Completed)
+            {
+                add_steps(&mut tx, step.workflow_id, added, &mut transitions).await?;
+            }
+            tx.commit().await.map_err(Error::db(ctx))?;
         }
-        tx.commit().await.map_err(Error::db(ctx))?;
         Ok(transitions)
     }
 
@@ -567,11 +611,7 @@ impl PgStore {
             already_finished: false,
             transitions: waiting
                 .into_iter()
-                .map(|id| Transition {
-                    workflow_id: wf,
-                    step_id: StepId(id),
-                    state: TerminalState::Cancelled,
-                })
+                .map(|id| Transition::new(wf, StepId(id), TerminalState::Cancelled))
                 .collect(),
             executing: running.into_iter().map(StepId).collect(),
         })
@@ -639,6 +679,7 @@ impl PgStore {
 
     pub(crate) async fn close(&self) {
         self.pool.close().await;
+        self.detection.close().await;
     }
 }
 
@@ -730,11 +771,7 @@ async fn add_steps(
     out.extend(
         rows.iter()
             .filter(|r| r.state == StepState::Cancelled)
-            .map(|r| Transition {
-                workflow_id: wf,
-                step_id: r.step.id,
-                state: TerminalState::Cancelled,
-            }),
+            .map(|r| Transition::new(wf, r.step.id, TerminalState::Cancelled)),
     );
     Ok(())
 }
@@ -765,29 +802,29 @@ async fn after_terminal(
     let Ok(terminal) = TerminalState::try_from(state) else {
         return Ok(());
     };
-    out.push(Transition {
-        workflow_id,
-        step_id,
-        state: terminal,
-    });
+    let mut this = Transition::new(workflow_id, step_id, terminal);
     if terminal == TerminalState::Completed {
-        sqlx::query(PROMOTE)
+        let promoted = sqlx::query(PROMOTE)
             .bind(step_id.0)
             .execute(&mut **tx)
             .await
-            .map_err(Error::db(ctx))?;
+            .map_err(Error::db(ctx))?
+            .rows_affected();
+        this.dependents_waiting = promoted > 0;
+        out.push(this);
     } else {
+        out.push(this);
         let cancelled: Vec<Uuid> = sqlx::query_scalar(CASCADE)
             .bind(step_id.0)
             .bind(format!("dependency {name:?} did not complete"))
             .fetch_all(&mut **tx)
             .await
             .map_err(Error::db(ctx))?;
-        out.extend(cancelled.into_iter().map(|id| Transition {
-            workflow_id,
-            step_id: StepId(id),
-            state: TerminalState::Cancelled,
-        }));
+        out.extend(
+            cancelled
+                .into_iter()
+                .map(|id| Transition::new(workflow_id, StepId(id), TerminalState::Cancelled)),
+        );
     }
     Ok(())
 }

@@ -587,11 +587,7 @@ impl SqliteStore {
             already_finished: false,
             transitions: waiting
                 .iter()
-                .map(|s| Transition {
-                    workflow_id: wf,
-                    step_id: StepId(parse_id(s)),
-                    state: TerminalState::Cancelled,
-                })
+                .map(|s| Transition::new(wf, StepId(parse_id(s)), TerminalState::Cancelled))
                 .collect(),
             executing: running.iter().map(|s| StepId(parse_id(s))).collect(),
         })
@@ -748,11 +744,7 @@ async fn add_steps(
     out.extend(
         rows.iter()
             .filter(|r| r.state == StepState::Cancelled)
-            .map(|r| Transition {
-                workflow_id: wf,
-                step_id: r.step.id,
-                state: TerminalState::Cancelled,
-            }),
+            .map(|r| Transition::new(wf, r.step.id, TerminalState::Cancelled)),
     );
     Ok(())
 }
@@ -784,20 +776,20 @@ async fn after_terminal(
     let Ok(terminal) = TerminalState::try_from(state) else {
         return Ok(());
     };
-    out.push(Transition {
-        workflow_id,
-        step_id,
-        state: terminal,
-    });
+    let mut this = Transition::new(workflow_id, step_id, terminal);
     let id = step_id.to_string();
     if terminal == TerminalState::Completed {
-        sqlx::query(PROMOTE)
+        let promoted = sqlx::query(PROMOTE)
             .bind(&id)
             .bind(now)
             .execute(&mut **tx)
             .await
-            .map_err(Error::db(ctx))?;
+            .map_err(Error::db(ctx))?
+            .rows_affected();
+        this.dependents_waiting = promoted > 0;
+        out.push(this);
     } else {
+        out.push(this);
         let cancelled: Vec<String> = sqlx::query_scalar(CASCADE)
             .bind(&id)
             .bind(format!("dependency {name:?} did not complete"))
@@ -805,11 +797,11 @@ async fn after_terminal(
             .fetch_all(&mut **tx)
             .await
             .map_err(Error::db(ctx))?;
-        out.extend(cancelled.iter().map(|c| Transition {
-            workflow_id,
-            step_id: StepId(parse_id(c)),
-            state: TerminalState::Cancelled,
-        }));
+        out.extend(
+            cancelled.iter().map(|c| {
+                Transition::new(workflow_id, StepId(parse_id(c)), TerminalState::Cancelled)
+            }),
+        );
     }
     Ok(())
 }
