@@ -6,7 +6,7 @@
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
-use super::{CHANNEL, PgStore};
+use super::{CHANNEL, LISTENER_SUFFIX, PgStore};
 use crate::error::{Error, Result};
 use crate::ids::WorkflowId;
 
@@ -17,9 +17,15 @@ impl PgStore {
     /// Opens a listening connection on the claims channel.
     pub(crate) async fn listen(&self) -> Result<PgListener> {
         let ctx = "listening for claims of other nodes";
+        let name = format!(
+            "{}{LISTENER_SUFFIX}",
+            self.connect_options
+                .get_application_name()
+                .unwrap_or_default()
+        );
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(self.connect_options.clone())
+            .connect_with(self.connect_options.clone().application_name(&name))
             .await
             .map_err(Error::db(ctx))?;
         let mut listener = PgListener::connect_with(&pool)
