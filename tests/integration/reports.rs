@@ -223,7 +223,9 @@ both_backends! {
             baton.backend(),
             polls.load(SeqCst)
         );
-        assert!(polls.load(SeqCst) >= 20, "the watcher barely ran");
+        // Each failing attempt waited for two polls, and a step's two failing attempts ran one
+        // after the other: the watcher looked at least four times while retries ran.
+        assert!(polls.load(SeqCst) >= 4, "the watcher barely ran");
         holds_for("one event per workflow", Duration::from_millis(300), || {
             events.len() == WORKFLOWS
         })

@@ -3,6 +3,7 @@
 
 mod collector;
 mod logs;
+mod process;
 mod proxy;
 mod raw;
 
@@ -13,6 +14,7 @@ use sqlx::Connection;
 
 pub(crate) use collector::{Events, subscribe};
 pub(crate) use logs::captured as captured_logs;
+pub(crate) use process::{BatonProcess, PrivateServer, baton_cmd};
 pub(crate) use proxy::Proxy;
 pub(crate) use raw::{Raw, SqliteWriteLock, Table};
 
