@@ -10,10 +10,12 @@
 //! Postgres: `BATON_BENCH_PG_URL`, else `BATON_TEST_PG_URL`, else
 //! `postgres://postgres@127.0.0.1:5432/postgres`; each scenario creates and drops its own
 //! database. An unreachable Postgres fails the run. For development, `BATON_BENCH_ONLY`
-//! (comma-separated: storm, e2e, latency, sweep, memory) and `BATON_BENCH_BACKENDS` (sqlite,
+//! (comma-separated: storm, e2e, latency, crossnode, sweep, memory) and `BATON_BENCH_BACKENDS` (sqlite,
 //! postgres) restrict a run; a restricted full run writes its JSON to `BATON_BENCH_OUT` (if
 //! set) instead of docs/.
 
+#[path = "load/crossnode.rs"]
+mod crossnode;
 #[path = "load/db.rs"]
 mod db;
 #[path = "load/latency.rs"]
@@ -180,6 +182,11 @@ fn main() {
                 report
                     .latency
                     .extend(latency::run(b, &sizes, metrics, checks).await);
+            }
+            if wants("crossnode") && b == Backend::Postgres {
+                report
+                    .latency
+                    .push(crossnode::run(&sizes, metrics, checks).await);
             }
             if wants("sweep") {
                 report.sweep.push(sweep::run(b, &sizes).await);

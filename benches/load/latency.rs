@@ -21,13 +21,13 @@ const PROBE_STEPS: usize = 3;
 /// Steps per backlog workflow.
 const BACKLOG_STEPS: usize = 100;
 
-type Returns = Arc<Mutex<HashMap<WorkflowId, Instant>>>;
+pub(crate) type Returns = Arc<Mutex<HashMap<WorkflowId, Instant>>>;
 
 /// One probe's latencies (ms): from the last `check` call (right after the last terminal
 /// commit), and from the last handler return (before the runner's terminal write).
-struct Sample {
-    from_commit: f64,
-    from_return: f64,
+pub(crate) struct Sample {
+    pub(crate) from_commit: f64,
+    pub(crate) from_return: f64,
 }
 
 pub(crate) async fn run(
@@ -227,7 +227,7 @@ async fn probe(
     )
 }
 
-fn row(
+pub(crate) fn row(
     backend: Backend,
     condition: &str,
     samples: &[Sample],

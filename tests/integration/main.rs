@@ -19,6 +19,7 @@ mod fan_out;
 mod faults;
 mod instances;
 mod leases;
+mod notifications;
 mod outcome;
 mod processes;
 mod reports;

@@ -185,14 +185,6 @@ impl Raw {
 }
 
 impl Raw {
-    /// The Postgres pool, for Postgres-only tests.
-    pub(crate) fn pg(&self) -> &PgPool {
-        match self {
-            Raw::Pg(p) => p,
-            Raw::Sqlite(_) => panic!("a Postgres-only helper used on SQLite"),
-        }
-    }
-
     /// Runs a parameterless query that reads the same on both backends and returns one integer.
     pub(crate) async fn scalar(&self, sql: &'static str) -> i64 {
         match self {
