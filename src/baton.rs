@@ -311,12 +311,24 @@ impl Baton {
     /// Subscribes an actor to finished workflows on `topic`. Its message type must be buildable
     /// from [`WorkflowFinished`]. The subscription is in place when this returns.
     ///
+    /// [`Topic::Workflow`] is the actor's [`wait_finished`](Self::wait_finished): interest is
+    /// registered first and the claim read afterwards, so the actor gets that workflow's event
+    /// exactly once — the stored one if it was announced before the call — and the subscription
+    /// ends with it. The id may belong to a workflow not inserted yet.
+    ///
     /// # Errors
-    /// [`Error::Actor`] when the registry is gone (the instance was shut down).
+    /// [`Error::Actor`] when the registry is gone (the instance was shut down). For
+    /// [`Topic::Workflow`], a database error reading the claim (the subscription stays in place
+    /// and hears a future announcement).
     pub async fn subscribe<M>(&self, actor: ActorRef<M>, topic: Topic) -> Result<()>
     where
         M: ractor::Message + From<WorkflowFinished>,
     {
+        let actor_id = actor.get_id();
+        let one = match &topic {
+            Topic::Workflow(id) => Some(*id),
+            _ => None,
+        };
         let subscriber = Subscriber::new(actor);
         ractor::call_t!(
             self.inner.registry,
@@ -330,7 +342,16 @@ impl Baton {
         .map_err(|e| Error::Actor {
             context: "subscribing",
             reason: e.to_string(),
-        })
+        })?;
+        if let Some(id) = one
+            && let Some(event) = self.inner.store.completion(id).await?
+        {
+            let _ = self.inner.registry.send_message(RegistryMessage::Settle {
+                actor: actor_id,
+                event,
+            });
+        }
+        Ok(())
     }
 
     /// Removes every subscription of `actor`.

@@ -85,6 +85,12 @@ pub(crate) enum RegistryMessage {
     Unwait { workflow_id: WorkflowId, token: u64 },
     /// Deliver a finished workflow to every matching subscriber and waiter.
     Publish(Arc<WorkflowFinished>),
+    /// A one-workflow subscriber joined after its workflow was announced: hand it the stored
+    /// event, unless a publication already spent its subscription.
+    Settle {
+        actor: ractor::ActorId,
+        event: WorkflowFinished,
+    },
 }
 
 /// The registry actor.
@@ -198,6 +204,17 @@ impl Actor for Registry {
                 }
             }
             RegistryMessage::Publish(event) => state.publish(&event),
+            RegistryMessage::Settle { actor, event } => {
+                let topic = Topic::Workflow(event.workflow_id);
+                let spent = state
+                    .subscribers
+                    .iter()
+                    .position(|(t, s)| *t == topic && s.cell.get_id() == actor);
+                if let Some(i) = spent {
+                    let (_, sub) = state.subscribers.swap_remove(i);
+                    (sub.deliver)(event);
+                }
+            }
         }
         Ok(())
     }

@@ -1,14 +1,17 @@
-//! Race-free waiting: `wait_finished` called at random instants around the claim returns the
-//! event exactly once and never hangs; an unknown id fails at once; the timeout is honoured.
+//! Race-free waiting: `wait_finished`, and an actor subscribing to `Topic::Workflow`, at random
+//! instants around the claim get the event exactly once and never hang; an unknown id fails at
+//! once; the timeout is honoured.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::{Error, Outcome, Runner, Step, StepContext, Workflow, WorkflowFinished, WorkflowId};
+use baton::{
+    Error, Outcome, Runner, Step, StepContext, Topic, Workflow, WorkflowFinished, WorkflowId,
+};
 use tokio::sync::oneshot;
 
-use crate::support::{both_backends, poll_until};
+use crate::support::{Events, both_backends, holds_for, poll_until, subscribe};
 
 /// No sweep, and so no periodic re-read inside `wait_finished` either: a waiter that misses the
 /// announcement hangs until its timeout instead of being rescued by a poll.
@@ -21,11 +24,14 @@ struct Waited {
     called_at: chrono::DateTime<chrono::Utc>,
     took: Duration,
     result: baton::Result<WorkflowFinished>,
+    /// For a subscriber actor: everything it received.
+    actor: Option<Events>,
 }
 
 both_backends! {
     /// 50 one-step workflows; for each, 6 waiters call at random offsets within ±20 ms of the
     /// moment the step is released (so the claim lands among them) and 2 more 100–300 ms later.
+    /// Every other waiter is a subscriber actor on `Topic::Workflow` instead of `wait_finished`.
     async fn wait_finished_at_any_instant_around_the_claim(db: TestDb) {
         const WORKFLOWS: u64 = 50;
         const AROUND: usize = 6;
@@ -63,13 +69,19 @@ both_backends! {
                     .map(|_| rand::random_range(0..40u64))
                     .chain((0..LATE).map(|_| rand::random_range(120..320u64)));
                 let waiters: Vec<_> = offsets
-                    .map(|offset| {
+                    .enumerate()
+                    .map(|(k, offset)| {
                         let baton = baton.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep_until(t0 + Duration::from_millis(offset)).await;
                             let (called_at, started) = (chrono::Utc::now(), Instant::now());
-                            let result = baton.wait_finished(id, Duration::from_secs(5)).await;
-                            Waited { called_at, took: started.elapsed(), result }
+                            if k % 2 == 0 {
+                                let result = baton.wait_finished(id, Duration::from_secs(5)).await;
+                                return Waited { called_at, took: started.elapsed(), result, actor: None };
+                            }
+                            let events = subscribe(&baton, Topic::Workflow(id)).await;
+                            let event = events.first_of(id, Duration::from_secs(5)).await;
+                            Waited { called_at, took: started.elapsed(), result: Ok(event), actor: Some(events) }
                         })
                     })
                     .collect();
@@ -85,6 +97,7 @@ both_backends! {
         }
 
         let (mut before, mut after, mut longest) = (0, 0, Duration::ZERO);
+        let mut actors = Vec::new();
         for task in tasks {
             let (id, results) = task.await.unwrap();
             let stored = baton.status(id).await.unwrap().finished.expect("announced");
@@ -100,6 +113,7 @@ both_backends! {
                     after += 1;
                 }
                 longest = longest.max(w.took);
+                actors.extend(w.actor);
             }
         }
         println!(
@@ -109,6 +123,10 @@ both_backends! {
         );
         assert!(before > 0 && after > 0, "the offsets did not straddle the claims");
         assert!(longest < Duration::from_secs(3), "a waiter nearly hung: {longest:?}");
+        holds_for("every subscriber actor got its event once", Duration::from_millis(300), || {
+            actors.iter().all(|a| a.len() == 1)
+        })
+        .await;
 
         // An unknown id fails at once.
         let started = Instant::now();
