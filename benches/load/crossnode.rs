@@ -14,7 +14,7 @@ use tokio::sync::Barrier;
 use crate::Sizes;
 use crate::db::{Backend, BenchDb};
 use crate::latency::{Returns, Sample, row};
-use crate::probe::{CheckTimes, Events, Metrics, ms};
+use crate::probe::{CheckTimes, Events, Metrics};
 use crate::report::LatencyRow;
 
 const NODES: usize = 3;
@@ -72,16 +72,13 @@ pub(crate) async fn run(sizes: &Sizes, metrics: &Metrics, checks: &CheckTimes) -
             .await
             .expect("inserting a probe");
         let arrival = events.wait_for(id, Duration::from_secs(60)).await;
-        let checked = checks.take(id).expect("a runner called check");
+        let trace = checks.take(id).expect("a runner called check");
         let returned = returns
             .lock()
             .expect("returns lock")
             .remove(&id)
             .expect("the probe's handlers ran");
-        samples.push(Sample {
-            from_commit: ms(arrival.at.saturating_duration_since(checked)),
-            from_return: ms(arrival.at.saturating_duration_since(returned)),
-        });
+        samples.push(Sample::new(arrival.at, trace, returned));
         swept += usize::from(arrival.event.detected_by == DetectedBy::Sweep);
         claimers.insert(arrival.event.node.clone());
         probed.push(id);
@@ -114,6 +111,7 @@ pub(crate) async fn run(sizes: &Sizes, metrics: &Metrics, checks: &CheckTimes) -
         row.samples,
         claimers.len()
     );
+    println!("{}", row.parts());
     for node in nodes.into_iter().chain([listener]) {
         node.shutdown().await;
     }

@@ -11,8 +11,8 @@ use baton::{Baton, DetectedBy, Runner, Step, StepContext, Workflow, WorkflowId};
 
 use crate::Sizes;
 use crate::db::{Backend, BenchDb, Raw};
-use crate::probe::{CheckTimes, Events, Metrics, mean, ms, percentile};
-use crate::report::LatencyRow;
+use crate::probe::{CheckTimes, Events, Metrics, Trace, mean, ms, percentile};
+use crate::report::{Breakdown, LatencyRow};
 
 const CONNECTIONS: u32 = 10;
 const CONCURRENCY: usize = 16;
@@ -26,8 +26,31 @@ pub(crate) type Returns = Arc<Mutex<HashMap<WorkflowId, Instant>>>;
 /// One probe's latencies (ms): from the last `check` call (right after the last terminal
 /// commit), and from the last handler return (before the runner's terminal write).
 pub(crate) struct Sample {
-    pub(crate) from_commit: f64,
-    pub(crate) from_return: f64,
+    from_commit: f64,
+    from_return: f64,
+    /// The prompt path in three parts, when its spans show it whole: last `check` → the winning
+    /// claim starts (the supervisor's mailbox and the runtime's queue), the claim (detection
+    /// query and claim transaction), claim end → the subscriber has the event.
+    parts: Option<[f64; 3]>,
+}
+
+impl Sample {
+    /// The sample of a workflow whose event arrived at `arrival`, whose spans showed `trace` and
+    /// whose last handler returned at `returned`.
+    pub(crate) fn new(arrival: Instant, trace: Trace, returned: Instant) -> Sample {
+        let check = trace.check.expect("the runner called check");
+        let parts = match trace.claim {
+            Some((start, Some(end))) if start >= check && end <= arrival => {
+                Some([ms(start - check), ms(end - start), ms(arrival - end)])
+            }
+            _ => None,
+        };
+        Sample {
+            from_commit: ms(arrival.saturating_duration_since(check)),
+            from_return: ms(arrival.saturating_duration_since(returned)),
+            parts,
+        }
+    }
 }
 
 pub(crate) async fn run(
@@ -187,6 +210,7 @@ pub(crate) async fn run(
                 String::new()
             }
         );
+        println!("{}", r.parts());
     }
     checks.record(false);
     baton.shutdown().await;
@@ -216,13 +240,10 @@ async fn probe(
         .expect("returns lock")
         .remove(&id)
         .expect("the probe's handlers ran");
-    let checked = checks.take(id).expect("the runner called check");
+    let trace = checks.take(id).expect("the runner called check");
     (
         id,
-        Sample {
-            from_commit: ms(arrival.at.saturating_duration_since(checked)),
-            from_return: ms(arrival.at.saturating_duration_since(returned)),
-        },
+        Sample::new(arrival.at, trace, returned),
         arrival.event.detected_by,
     )
 }
@@ -239,6 +260,13 @@ pub(crate) fn row(
     let internal_ms: Vec<f64> = internal.iter().map(|s| s * 1_000.0).collect();
     let lat: Vec<f64> = samples.iter().map(|s| s.from_commit).collect();
     let ret: Vec<f64> = samples.iter().map(|s| s.from_return).collect();
+    let part = |i: usize| -> Vec<f64> {
+        samples
+            .iter()
+            .filter_map(|s| s.parts.map(|p| p[i]))
+            .collect()
+    };
+    let (queue, claim, deliver) = (part(0), part(1), part(2));
     LatencyRow {
         backend,
         condition: condition.to_owned(),
@@ -254,5 +282,14 @@ pub(crate) fn row(
         min_queued: min_queued as u64,
         backlog_steps_per_s,
         internal_p99_ms: percentile(&internal_ms, 99.0),
+        breakdown: Some(Breakdown {
+            samples: queue.len() as u64,
+            queue_p50_ms: percentile(&queue, 50.0),
+            queue_p99_ms: percentile(&queue, 99.0),
+            claim_p50_ms: percentile(&claim, 50.0),
+            claim_p99_ms: percentile(&claim, 99.0),
+            deliver_p50_ms: percentile(&deliver, 50.0),
+            deliver_p99_ms: percentile(&deliver, 99.0),
+        }),
     }
 }

@@ -315,14 +315,22 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000.0
 }
 
-/// When `Baton::check` was last called for each workflow, seen through its `baton.check` span.
+/// The prompt path of one workflow as its tracing spans show it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Trace {
+    /// The latest `baton.check` call: the runner makes it right after its terminal-state commit.
+    pub(crate) check: Option<Instant>,
+    /// The latest `baton.claim` span (detection query and claim transaction): opened, closed.
+    pub(crate) claim: Option<(Instant, Option<Instant>)>,
+}
+
+/// When `Baton::check` was last called for each workflow, and when its latest claim ran, seen
+/// through the `baton.check` and `baton.claim` spans.
 ///
-/// The runner calls `check` right after its terminal-state commit returns, so this instant is
-/// "the last terminal commit" as the runner sees it. Recording is off unless switched on, so
-/// that the span costs nothing in the other scenarios.
+/// Recording is off unless switched on, so that the spans cost nothing in the other scenarios.
 pub(crate) struct CheckTimes {
     on: AtomicBool,
-    latest: Mutex<HashMap<String, Instant>>,
+    latest: Mutex<HashMap<String, Trace>>,
 }
 
 static CHECK_TIMES: OnceLock<&'static CheckTimes> = OnceLock::new();
@@ -350,16 +358,28 @@ impl CheckTimes {
         }
     }
 
-    /// The latest `check` call for `wf`, forgetting it.
-    pub(crate) fn take(&self, wf: WorkflowId) -> Option<Instant> {
+    /// What was recorded for `wf`, forgetting it.
+    pub(crate) fn take(&self, wf: WorkflowId) -> Option<Trace> {
         self.latest
             .lock()
             .expect("check times lock")
             .remove(&wf.to_string())
     }
+
+    fn update(&self, wf: &str, f: impl FnOnce(&mut Trace)) {
+        f(self
+            .latest
+            .lock()
+            .expect("check times lock")
+            .entry(wf.to_owned())
+            .or_default());
+    }
 }
 
 struct CheckLayer(&'static CheckTimes);
+
+const CHECK: &str = "baton.check";
+const CLAIM: &str = "baton.claim";
 
 struct WorkflowField(Option<String>);
 
@@ -371,12 +391,18 @@ impl tracing::field::Visit for WorkflowField {
     }
 }
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CheckLayer {
+/// The workflow of an open `baton.claim` span, kept in the span's extensions until it closes.
+struct ClaimOf(String);
+
+impl<S> tracing_subscriber::Layer<S> for CheckLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     fn register_callsite(
         &self,
         meta: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        if meta.name() == "baton.check" {
+        if [CHECK, CLAIM].contains(&meta.name()) {
             tracing::subscriber::Interest::sometimes()
         } else {
             tracing::subscriber::Interest::never()
@@ -388,26 +414,40 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CheckLayer {
         meta: &tracing::Metadata<'_>,
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        meta.name() == "baton.check" && self.0.on.load(Ordering::Relaxed)
+        [CHECK, CLAIM].contains(&meta.name()) && self.0.on.load(Ordering::Relaxed)
     }
 
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
-        _id: &tracing::span::Id,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
         let now = Instant::now();
         let mut wf = WorkflowField(None);
         attrs.record(&mut wf);
-        if let Some(wf) = wf.0 {
-            self.0
-                .latest
-                .lock()
-                .expect("check times lock")
-                .entry(wf)
-                .and_modify(|t| *t = (*t).max(now))
-                .or_insert(now);
+        let Some(wf) = wf.0 else { return };
+        if attrs.metadata().name() == CHECK {
+            self.0.update(&wf, |t| {
+                t.check = Some(t.check.map_or(now, |c| c.max(now)));
+            });
+        } else {
+            self.0.update(&wf, |t| t.claim = Some((now, None)));
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(ClaimOf(wf));
+            }
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let now = Instant::now();
+        let Some(span) = ctx.span(&id) else { return };
+        if let Some(ClaimOf(wf)) = span.extensions_mut().remove::<ClaimOf>() {
+            self.0.update(&wf, |t| {
+                if let Some((_, end)) = &mut t.claim {
+                    *end = Some(now);
+                }
+            });
         }
     }
 }

@@ -144,6 +144,43 @@ pub(crate) struct LatencyRow {
     pub(crate) min_queued: u64,
     pub(crate) backlog_steps_per_s: u64,
     pub(crate) internal_p99_ms: f64,
+    /// Where the commit → event time goes (absent in figures from before it was measured).
+    #[serde(default)]
+    pub(crate) breakdown: Option<Breakdown>,
+}
+
+impl LatencyRow {
+    /// The breakdown in one line, for the console.
+    pub(crate) fn parts(&self) -> String {
+        self.breakdown.as_ref().map_or_else(String::new, |b| {
+            format!(
+                "    p50/p99 parts: queue {:.2}/{:.2} ms, claim {:.2}/{:.2} ms, deliver {:.2}/{:.2} ms ({} probes)",
+                b.queue_p50_ms,
+                b.queue_p99_ms,
+                b.claim_p50_ms,
+                b.claim_p99_ms,
+                b.deliver_p50_ms,
+                b.deliver_p99_ms,
+                b.samples
+            )
+        })
+    }
+}
+
+/// The prompt path's latency in parts (ms), from its tracing spans.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Breakdown {
+    /// Probes whose spans showed the whole path.
+    pub(crate) samples: u64,
+    /// Last `check` → the winning claim starts: the supervisor's mailbox and the runtime queue.
+    pub(crate) queue_p50_ms: f64,
+    pub(crate) queue_p99_ms: f64,
+    /// The claim: detection query and claim transaction.
+    pub(crate) claim_p50_ms: f64,
+    pub(crate) claim_p99_ms: f64,
+    /// Claim end → the subscriber actor has the event.
+    pub(crate) deliver_p50_ms: f64,
+    pub(crate) deliver_p99_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -484,6 +521,37 @@ pub(crate) fn markdown(r: &Report) -> String {
             l.announced_by_sweep,
             f(l.internal_p99_ms)
         );
+    }
+
+    let _ = writeln!(
+        md,
+        "\nWhere commit → event goes, from baton's `baton.check` and `baton.claim` tracing spans: \
+         *queue* = last `check` → the winning claim starts (the supervisor's mailbox and the \
+         runtime's run queue); *claim* = detection query and claim transaction (connection \
+         wait, round trips, WAL flush); *deliver* = claim end → the subscriber actor has the \
+         event (on another node: through `NOTIFY`).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| backend | condition | probes | queue p50 | p99 | claim p50 | p99 | deliver p50 | p99 |"
+    );
+    let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    for l in &r.latency {
+        if let Some(b) = &l.breakdown {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms |",
+                l.backend.name(),
+                l.condition,
+                b.samples,
+                f(b.queue_p50_ms),
+                f(b.queue_p99_ms),
+                f(b.claim_p50_ms),
+                f(b.claim_p99_ms),
+                f(b.deliver_p50_ms),
+                f(b.deliver_p99_ms)
+            );
+        }
     }
 
     let _ = writeln!(md, "\n## 5. Sweep cost vs history\n");
