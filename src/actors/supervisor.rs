@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::baton::Inner;
@@ -20,6 +21,9 @@ use crate::store::transient_backoff;
 
 /// Database errors in a row after which the supervisor leaves the workflow to the sweep.
 const MAX_RETRIES: u32 = 8;
+
+/// A pending `send_after` to this supervisor.
+type Timer = JoinHandle<Result<(), MessagingErr<SupervisorMessage>>>;
 
 /// Messages to a workflow supervisor.
 pub(crate) enum SupervisorMessage {
@@ -57,6 +61,12 @@ pub(crate) struct SupervisorState {
     last_report: Option<Instant>,
     last_activity: Instant,
     failures: u32,
+    /// The pending idle check and the pending retry of a failed evaluation. A `send_after` task
+    /// owns a reference to this actor's cell (mailboxes and all) until it fires, so both are
+    /// aborted when the supervisor stops: otherwise every announced workflow's supervisor stays
+    /// in memory for the whole idle period (thousands of them at a few hundred workflows/s).
+    idle_timer: Option<Timer>,
+    retry_timer: Option<Timer>,
 }
 
 impl SupervisorState {
@@ -111,7 +121,7 @@ impl Supervisor {
                 let delay = transient_backoff(state.failures);
                 warn!(workflow_id = %wf, error = %e, retry_in = ?delay, "detection failed; will retry");
                 state.evaluate_queued = true;
-                myself.send_after(delay, || SupervisorMessage::Evaluate);
+                state.retry_timer = Some(myself.send_after(delay, || SupervisorMessage::Evaluate));
             }
         }
     }
@@ -128,7 +138,7 @@ impl Actor for Supervisor {
         workflow_id: WorkflowId,
     ) -> Result<Self::State, ActorProcessingErr> {
         metrics::live_supervisors(1.0);
-        myself.send_after(self.inner.config.supervisor_idle, || {
+        let idle_timer = myself.send_after(self.inner.config.supervisor_idle, || {
             SupervisorMessage::IdleCheck
         });
         Ok(SupervisorState {
@@ -138,6 +148,8 @@ impl Actor for Supervisor {
             last_report: None,
             last_activity: Instant::now(),
             failures: 0,
+            idle_timer: Some(idle_timer),
+            retry_timer: None,
         })
     }
 
@@ -147,6 +159,12 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         self.forget(&myself, state.workflow_id);
+        for timer in [state.idle_timer.take(), state.retry_timer.take()]
+            .into_iter()
+            .flatten()
+        {
+            timer.abort();
+        }
         metrics::live_supervisors(-1.0);
         Ok(())
     }
@@ -186,7 +204,8 @@ impl Actor for Supervisor {
                     self.forget(&myself, state.workflow_id);
                     let _ = myself.drain();
                 } else {
-                    myself.send_after(idle, || SupervisorMessage::IdleCheck);
+                    state.idle_timer =
+                        Some(myself.send_after(idle, || SupervisorMessage::IdleCheck));
                 }
             }
         }
