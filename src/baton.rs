@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::{Actor, ActorRef, MessagingErr};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 pub use builder::Builder;
@@ -22,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::event::{DetectedBy, WorkflowFinished};
 use crate::ids::{NodeId, StepId, WorkflowId};
 use crate::metrics::{Stats, StatsSnapshot};
+use crate::runner::running::Running;
 use crate::state::TerminalState;
 use crate::store::{Store, Transition, WorkflowStatus};
 use crate::workflow::Workflow;
@@ -99,8 +99,8 @@ pub(crate) struct Inner {
     pub(crate) background: std::sync::Mutex<Vec<ractor::ActorCell>>,
     /// Wakes the runner's fetcher when new work may be available.
     pub(crate) work_available: Notify,
-    /// Cancellation signals of the steps this node is running.
-    pub(crate) running: DashMap<StepId, CancellationToken>,
+    /// The steps this node is executing.
+    pub(crate) running: Running,
     pub(crate) shut_down: AtomicBool,
     next_token: AtomicU64,
 }
@@ -445,9 +445,7 @@ impl Baton {
     pub async fn cancel_workflow(&self, workflow: WorkflowId) -> Result<CancelOutcome> {
         let cancelled = self.inner.store.cancel_workflow(workflow).await?;
         for step in &cancelled.executing {
-            if let Some(token) = self.inner.running.get(step) {
-                token.cancel();
-            }
+            self.inner.running.cancel(step);
         }
         self.report(&cancelled.transitions).await;
         Ok(CancelOutcome {
@@ -561,6 +559,20 @@ impl Baton {
     /// A database error.
     pub async fn completions_after(&self, seq: i64, limit: u32) -> Result<Vec<WorkflowFinished>> {
         self.inner.store.completions_after(seq, limit).await
+    }
+
+    /// Has the workflow's supervisor (spawned if need be) decide again whether it has settled:
+    /// after a stale attempt on this node, whose step may have ended elsewhere while detection
+    /// here was waiting for it.
+    pub(crate) async fn nudge(&self, workflow: WorkflowId) {
+        match self.supervisor(workflow).await {
+            Ok(sup) => {
+                let _ = sup.send_message(SupervisorMessage::Reevaluate);
+            }
+            Err(e) => {
+                debug!(workflow_id = %workflow, error = %e, "nudge: no supervisor; the sweep will look")
+            }
+        }
     }
 
     /// Reports every terminal transition a committed write made. The single path from a

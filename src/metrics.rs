@@ -51,8 +51,9 @@ pub struct Stats {
 pub struct StatsSnapshot {
     /// `check` calls.
     pub checks: u64,
-    /// Terminal steps of the built-in runner that needed no check: their own write moved a
-    /// waiting dependent along, so the workflow could not have settled.
+    /// Reports that needed no detection query because the workflow could not have settled:
+    /// the step's own write moved a waiting dependent along, or another of the workflow's steps
+    /// was still executing on this node.
     pub checks_deferred: u64,
     /// Failures inside `check` (logged and swallowed).
     pub check_errors: u64,

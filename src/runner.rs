@@ -25,6 +25,7 @@
 //! ```
 
 mod handler;
+pub(crate) mod running;
 mod worker;
 
 use std::collections::HashMap;

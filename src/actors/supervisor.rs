@@ -36,6 +36,8 @@ pub(crate) enum SupervisorMessage {
     },
     /// Decide whether the workflow has settled (sent to itself, after the pending reports).
     Evaluate,
+    /// Decide again, whether or not an evaluation is queued (a stale attempt here ended).
+    Reevaluate,
     /// Stop if nothing was reported for the idle period.
     IdleCheck,
 }
@@ -88,6 +90,12 @@ impl Supervisor {
     async fn evaluate(&self, myself: &ActorRef<SupervisorMessage>, state: &mut SupervisorState) {
         state.evaluate_queued = false;
         let wf = state.workflow_id;
+        if self.inner.running.has_workflow(wf) {
+            // A step of this workflow executes on this node: it has not settled, and the end of
+            // that step brings a report (or a nudge) here. No query needed yet.
+            self.inner.stats.check_deferred();
+            return;
+        }
         let result = self
             .inner
             .claim(
@@ -196,6 +204,7 @@ impl Actor for Supervisor {
                     self.evaluate(&myself, state).await;
                 }
             }
+            SupervisorMessage::Reevaluate => self.evaluate(&myself, state).await,
             SupervisorMessage::IdleCheck => {
                 let idle = self.inner.config.supervisor_idle;
                 if state.last_activity.elapsed() >= idle && !state.evaluate_queued {

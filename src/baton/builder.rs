@@ -14,6 +14,7 @@ use crate::actors::sweeper::Sweeper;
 use crate::error::{Error, Result};
 use crate::ids::NodeId;
 use crate::metrics::Stats;
+use crate::runner::running::Running;
 use crate::store::{Store, StoreOptions};
 
 /// Builds a [`Baton`].
@@ -156,7 +157,7 @@ impl Builder {
             supervisors: DashMap::new(),
             background: std::sync::Mutex::new(Vec::new()),
             work_available: Notify::new(),
-            running: DashMap::new(),
+            running: Running::default(),
             shut_down: AtomicBool::new(false),
             next_token: AtomicU64::new(0),
         });

@@ -23,9 +23,7 @@ async fn heartbeat_loop(baton: Baton, stop: CancellationToken) {
         match baton.inner.store.heartbeat(&baton.inner.node, lease).await {
             Ok(cancelling) => {
                 for step in cancelling {
-                    if let Some(token) = baton.inner.running.get(&step) {
-                        token.cancel();
-                    }
+                    baton.inner.running.cancel(&step);
                 }
             }
             Err(e) => warn!(error = %e, "runner: renewing this node's lease failed"),
@@ -138,7 +136,10 @@ async fn run_attempt(
     };
     let cancel = CancellationToken::new();
     let added = Arc::new(Mutex::new(Vec::new()));
-    baton.inner.running.insert(step.id, cancel.clone());
+    baton
+        .inner
+        .running
+        .start(step.workflow_id, step.id, cancel.clone());
     let ctx = StepContext {
         workflow_id: step.workflow_id,
         step_id: step.id,
@@ -177,16 +178,20 @@ async fn run_attempt(
         }
     };
     end_attempt(&baton, &step, end, config.detect).await;
-    baton.inner.running.remove(&step.id);
 }
 
 /// The terminal-transition primitive: a fenced write of how the attempt ended, retried through
 /// transient errors, then a `check` for every terminal transition that write committed.
-pub(crate) async fn end_attempt(baton: &Baton, step: &FetchedStep, end: AttemptEnd, detect: bool) {
+pub(crate) async fn end_attempt(
+    baton: &Baton,
+    step: &FetchedStep,
+    mut end: AttemptEnd,
+    detect: bool,
+) {
     let mut failures = 0;
-    let transitions = loop {
+    let written = loop {
         match baton.inner.store.end_attempt(step, &end).await {
-            Ok(t) => break t,
+            Ok(t) => break Some(t),
             Err(e) if e.is_transient() && failures < END_RETRIES => {
                 failures += 1;
                 let delay = transient_backoff(failures);
@@ -197,31 +202,33 @@ pub(crate) async fn end_attempt(baton: &Baton, step: &FetchedStep, end: AttemptE
             Err(Error::InvalidWorkflow(reason)) => {
                 // Only added steps can be invalid here: the attempt fails for good instead.
                 warn!(workflow_id = %step.workflow_id, step = %step.name, %reason, "runner: rejected added steps");
-                return Box::pin(end_attempt(
-                    baton,
-                    step,
-                    AttemptEnd::Discarded {
-                        error: format!("invalid added steps: {reason}"),
-                    },
-                    detect,
-                ))
-                .await;
+                end = AttemptEnd::Discarded {
+                    error: format!("invalid added steps: {reason}"),
+                };
             }
             Err(e) => {
                 error!(workflow_id = %step.workflow_id, step = %step.name, error = %e,
                     "runner: could not write a step's end; its lease will expire and it will be rescued");
-                return;
+                break None;
             }
         }
     };
-    if transitions.is_empty() && !matches!(end, AttemptEnd::Retry { .. }) {
+    // Before the report: detection stops waiting for this step here (see `Running`).
+    baton.inner.running.finish(step.workflow_id, step.id);
+    let Some(transitions) = written else { return };
+    let retry = matches!(end, AttemptEnd::Retry { .. });
+    if transitions.is_empty() && !retry {
         debug!(workflow_id = %step.workflow_id, step = %step.name, attempt = step.attempt,
             "stale attempt: the step is no longer ours; its report was ignored");
+        if detect {
+            // Detection here may have waited for this attempt, whose step ended elsewhere.
+            baton.nudge(step.workflow_id).await;
+        }
     }
     if detect {
         baton.report(&transitions).await;
     }
-    if !transitions.is_empty() || matches!(end, AttemptEnd::Retry { .. }) {
+    if !transitions.is_empty() || retry {
         baton.inner.work_available.notify_waiters();
     }
 }

@@ -8,7 +8,9 @@ use baton::{
     Workflow, WorkflowId,
 };
 
-use crate::support::{Table, both_backends, holds_for, subscribe, wait_sweeps, wait_until};
+use crate::support::{
+    Table, both_backends, holds_for, poll_until, subscribe, wait_sweeps, wait_until,
+};
 
 /// A sweep that never runs during the test.
 const NO_SWEEP: Duration = Duration::from_secs(600);
@@ -215,5 +217,52 @@ both_backends! {
         assert_eq!(orphan_steps[1].1, "completed");
         runner.shutdown().await;
         baton.shutdown().await;
+    }
+}
+
+both_backends! {
+    /// Two nodes share every workflow: node A runs the `a` steps, node B the `b` steps, and
+    /// their last steps end at nearly the same moment on both. Each node's detection waits while
+    /// one of the workflow's steps still executes there, yet every workflow is claimed promptly —
+    /// with no sweep at all, a workflow each node left to the other would never be announced.
+    async fn steps_split_across_nodes_are_announced_promptly(db: TestDb) {
+        const WORKFLOWS: usize = 40;
+        const STEPS: usize = 12;
+        let connect = || db.builder().sweep_interval(NO_SWEEP).connect();
+        let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+        let raw = db.raw().await;
+        let handler = |_ctx: StepContext| async move {
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..6))).await;
+            Ok(())
+        };
+        let runner_a = Runner::builder().concurrency(8).handler("a", handler).start(&a);
+        let runner_b = Runner::builder().concurrency(8).handler("b", handler).start(&b);
+        let mut ids = Vec::new();
+        for w in 0..WORKFLOWS {
+            let wf = Workflow::new(format!("split-{w}")).steps_from(
+                (0..STEPS).map(|s| Step::new(format!("s{s}"), if s % 2 == 0 { "a" } else { "b" })),
+            );
+            ids.push([&a, &b][w % 2].insert_workflow(wf).await.unwrap());
+        }
+        poll_until("every workflow was claimed", Duration::from_secs(60), || async {
+            raw.count(Table::Completions).await == WORKFLOWS as i64
+        })
+        .await;
+        for id in ids {
+            assert_eq!(raw.claim_row(id).await, ("completed".into(), "prompt".into()));
+        }
+        let (sa, sb) = (a.stats(), b.stats());
+        println!(
+            "{}: {WORKFLOWS} workflows split over two nodes, all prompt; deferred {} + {}, queries {} + {}",
+            a.backend(),
+            sa.checks_deferred,
+            sb.checks_deferred,
+            sa.detection_queries,
+            sb.detection_queries
+        );
+        runner_a.shutdown().await;
+        runner_b.shutdown().await;
+        a.shutdown().await;
+        b.shutdown().await;
     }
 }

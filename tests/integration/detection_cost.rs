@@ -101,3 +101,37 @@ both_backends! {
         baton.shutdown().await;
     }
 }
+
+both_backends! {
+    /// The built-in runner works through one 2,000-step workflow 32 steps at a time, so its
+    /// reports trickle in rather than burst. While another of the workflow's steps executes on
+    /// this node the supervisor needs no query; detection stays far below one query per step.
+    async fn runner_reports_cost_a_fraction_of_a_query(db: TestDb) {
+        const WIDE: usize = 2_000;
+        let baton = db.builder().sweep_interval(Duration::from_secs(600)).connect().await.unwrap();
+        let events = subscribe(&baton, Topic::All).await;
+        let runner = baton::Runner::builder()
+            .concurrency(32)
+            .handler("k", |_ctx: baton::StepContext| async { Ok(()) })
+            .start(&baton);
+        let before = baton.stats();
+        let wf = Workflow::new("wide-run").steps_from((0..WIDE).map(|i| Step::new(format!("s{i}"), "k")));
+        let id = baton.insert_workflow(wf).await.unwrap();
+        let event = events.first_of(id, Duration::from_secs(120)).await;
+        assert_eq!(event.detected_by, DetectedBy::Prompt);
+        assert_eq!(event.counts.completed, WIDE as u64);
+        holds_for("one event", Duration::from_millis(300), || events.count_of(id) == 1).await;
+        let after = baton.stats();
+        let queries = after.detection_queries - before.detection_queries;
+        let per_step = queries as f64 / WIDE as f64;
+        println!(
+            "{}: {WIDE} steps run -> {} checks, {} deferred, {queries} detection queries ({per_step:.4}/step)",
+            baton.backend(),
+            after.checks - before.checks,
+            after.checks_deferred - before.checks_deferred
+        );
+        assert!(per_step <= MAX_QUERIES_PER_STEP, "{per_step} detection queries per step");
+        runner.shutdown().await;
+        baton.shutdown().await;
+    }
+}

@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton::runner::Handler;
-use baton::{Baton, Outcome, Runner, Step, StepContext, StepCounts, StepError, Topic, Workflow};
+use baton::{
+    Baton, DetectedBy, Outcome, Runner, Step, StepContext, StepCounts, StepError, Topic, Workflow,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::support::{
-    Backend, Proxy, both_backends, captured_logs, holds_for, subscribe, wait_sweeps, wait_until,
+    Backend, Proxy, both_backends, captured_logs, holds_for, poll_until, subscribe, wait_sweeps,
+    wait_until,
 };
 
 /// A handler that reports its attempt on `started` and then runs until `release` turns true,
@@ -255,5 +258,95 @@ both_backends! {
         runner_b.shutdown().await;
         a.shutdown().await;
         b.shutdown().await;
+    }
+}
+
+both_backends! {
+    /// Detection on a node waits while one of the workflow's steps executes there. When that
+    /// step is a zombie (its lease lost, its step re-run and completed elsewhere), its fenced-out
+    /// end must still wake detection. Node A runs `z`; A's lease is expired behind its back and
+    /// B rescues `z` and completes it. A renews its lease; B completes `p`, which releases `t`,
+    /// and stops. `t` runs on A and completes: settled, but A's detection waits for its zombie.
+    /// The zombie's stale end nudges A, which claims — by the prompt path, with no sweeper left.
+    async fn a_stale_attempt_wakes_detection_that_waited_for_it(db: TestDb) {
+        const LEASE_A: Duration = Duration::from_secs(3);
+        let raw = db.raw().await;
+        let a = db.builder().sweeper(false).lease(LEASE_A).connect().await.unwrap();
+        let b = db
+            .builder()
+            .lease(Duration::from_secs(1))
+            .sweep_interval(Duration::from_millis(100))
+            .connect()
+            .await
+            .unwrap();
+        let events = subscribe(&a, Topic::All).await;
+        let (started, mut started_rx) = mpsc::unbounded_channel();
+        let (release_z, release_z_rx) = watch::channel(false);
+        let (release_t, release_t_rx) = watch::channel(false);
+        let returned = Arc::new(AtomicU32::new(0));
+        let runner_a = Runner::builder()
+            .concurrency(2)
+            .handler("zombie", blocking_handler(started.clone(), release_z_rx, returned.clone(), || Ok(())))
+            .handler("tail", blocking_handler(started, release_t_rx, returned.clone(), || Ok(())))
+            .start(&a);
+        let id = a
+            .insert_workflow(
+                Workflow::new("nudged")
+                    .step(Step::new("z", "zombie").max_attempts(3))
+                    .step(Step::new("p", "pre"))
+                    .step(Step::new("t", "tail").depends_on(["p"])),
+            )
+            .await
+            .unwrap();
+        let started_z = tokio::time::timeout(Duration::from_secs(10), started_rx.recv()).await;
+        assert_eq!(started_z.unwrap(), Some(1));
+
+        // A loses its lease behind its back; B rescues `z` and completes attempt 2.
+        let (release_p, release_p_rx) = watch::channel(false);
+        let runner_b = Runner::builder()
+            .handler("zombie", |_ctx: StepContext| async { Ok(()) })
+            .handler("pre", move |_ctx: StepContext| {
+                let mut release = release_p_rx.clone();
+                async move {
+                    let _ = release.wait_for(|go| *go).await;
+                    Ok(())
+                }
+            })
+            .start(&b);
+        let rescued_at = Instant::now();
+        while raw.step(id, "z").await.0 != "completed" {
+            raw.expire_node(a.node()).await;
+            assert!(rescued_at.elapsed() < Duration::from_secs(20), "B never rescued z");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(raw.step(id, "z").await.1, 2);
+        // A renews its lease (every third of it) before it takes on `t`.
+        tokio::time::sleep(LEASE_A / 2).await;
+        release_p.send(true).unwrap();
+        let started_t = tokio::time::timeout(Duration::from_secs(10), started_rx.recv()).await;
+        assert_eq!(started_t.unwrap(), Some(1), "t started on A");
+        runner_b.shutdown().await;
+        b.shutdown().await;
+
+        // `t` ends on A: settled in the database, but A's detection waits for its zombie.
+        release_t.send(true).unwrap();
+        poll_until("t completed", Duration::from_secs(10), || async {
+            raw.step(id, "t").await.0 == "completed"
+        })
+        .await;
+        holds_for("A waits for its zombie", Duration::from_millis(300), || events.len() == 0).await;
+        assert!(a.stats().checks_deferred >= 1);
+        assert_eq!(returned.load(SeqCst), 1, "only t returned");
+
+        // The zombie's end is fenced out, and nudges A's detection: one prompt claim, by A.
+        release_z.send(true).unwrap();
+        let event = events.first_of(id, Duration::from_secs(10)).await;
+        assert_eq!(event.detected_by, DetectedBy::Prompt);
+        assert_eq!(event.node, *a.node());
+        assert_eq!(event.outcome, Outcome::Completed);
+        assert_eq!(raw.step(id, "z").await.1, 2, "the zombie's write was fenced out");
+        assert_eq!(raw.completions(id).await, 1);
+        runner_a.shutdown().await;
+        a.shutdown().await;
     }
 }
