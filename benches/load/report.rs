@@ -424,8 +424,9 @@ pub(crate) fn markdown(r: &Report) -> String {
         let _ = writeln!(
             md,
             "{} workflows × {} independent no-op steps through the built-in runner (concurrency \
-             {}, pool {}), four runs in the order on, off, off, on. *steps/s* = steps / (last \
-             terminal write − first start), from the timestamps the runner wrote. Off = \
+             {}, pool {}), eight runs in the order on, off, off, on, off, on, on, off; the \
+             summary takes each mode's median. *steps/s* = steps / (last terminal write − first \
+             start), from the timestamps the runner wrote. Off = \
              `prompt_detection(false)`: the sweep (every 1 s) announces. *Bare* = single-row \
              fenced terminal `UPDATE`s (`… WHERE id = $1 AND attempt = 1 AND state = 'executing'`) \
              from as many tasks as connections: {} on Postgres, 1 on SQLite (baton writes through \
