@@ -441,7 +441,8 @@ pub(crate) fn markdown(r: &Report) -> String {
             md,
             "{} workflows × {} independent no-op steps through the built-in runner (concurrency \
              {}, pool {}), eight runs in the order on, off, off, on, off, on, on, off; the \
-             summary takes each mode's median. *steps/s* = steps / (last terminal write − first \
+             summary takes each mode's median. Each run's workflows are inserted, then `VACUUM \
+             ANALYZE` (SQLite: `ANALYZE`) runs, then the runner starts. *steps/s* = steps / (last terminal write − first \
              start), from the timestamps the runner wrote. Off = \
              `prompt_detection(false)`: the sweep (every 1 s) announces. *Bare* = single-row \
              fenced terminal `UPDATE`s (`… WHERE id = $1 AND attempt = 1 AND state = 'executing'`) \
