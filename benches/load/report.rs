@@ -510,7 +510,11 @@ pub(crate) fn markdown(r: &Report) -> String {
          SQL) so that they run at once, and the announcement is timed while the runner, the pool \
          and the database are busy with the backlog. *baton p99* is baton's own \
          `baton_detection_latency_seconds` histogram (latest report → event published) over all \
-         workflows announced in the phase, backlog workflows included.\n"
+         workflows announced in the phase, backlog workflows included. *3 nodes → a 4th* \
+         (PostgreSQL): three baton instances, agreeing only through the database, each run one \
+         step of every probe, released together so that the last ones end on different nodes \
+         at once; the subscriber is on a fourth instance that runs no steps, so every event \
+         reaches it through `NOTIFY` (issue 4's cross-node measure).\n"
     );
     let _ = writeln!(
         md,
