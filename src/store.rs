@@ -207,6 +207,15 @@ impl Store {
     pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
+            // Without `//` the driver would read the rest as a database name, and the server
+            // would echo it — password and all — in its error.
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" if !url[scheme.len() + 1..].starts_with("//") => {
+                Err(Error::InvalidUrl {
+                    url: redact_url(url),
+                    reason: "a PostgreSQL URL starts with postgres:// (or postgresql://)".into(),
+                })
+            }
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => Ok(Store::Postgres(Box::new(
                 PgStore::connect(url, options).await?,
@@ -372,29 +381,52 @@ impl Store {
     }
 }
 
-/// Replaces the password of a URL with `***`, for logs and errors.
+/// Replaces the password of a URL with `***`, for logs and errors: in the user-info part and in
+/// query parameters such as `?password=…`. What cannot be parsed as a URL with an authority is
+/// shown only up to the host.
 ///
 /// ```
-/// assert_eq!(
-///     baton::redact_url("postgres://app:s3cret@db:5432/x"),
-///     "postgres://app:***@db:5432/x"
-/// );
-/// assert_eq!(baton::redact_url("sqlite:baton.db"), "sqlite:baton.db");
-/// assert_eq!(baton::redact_url("app:s3cret@db/x"), "<redacted>@db/x");
+/// use baton::redact_url;
+/// assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+/// assert_eq!(redact_url("postgres://db/x?password=s3cret&sslmode=disable"),
+///            "postgres://db/x?password=***&sslmode=disable");
+/// assert_eq!(redact_url("sqlite:baton.db"), "sqlite:baton.db");
+/// // A forgotten `//`, and a password read as a port: nothing after the scheme but the host.
+/// assert_eq!(redact_url("postgres:app:s3cret@db/x"), "<redacted>@db/x");
+/// assert_eq!(redact_url("postgres://app:s3cret"), "postgres://<redacted>");
 /// ```
 pub fn redact_url(url: &str) -> String {
+    fn secret(key: &str) -> bool {
+        key.to_ascii_lowercase().contains("password")
+    }
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
+        Ok(parsed) if parsed.scheme() == "sqlite" && !url.contains('@') => url.to_owned(),
+        Ok(mut parsed) if !parsed.cannot_be_a_base() => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string().replace("%2A%2A%2A", "***")
         }
-        // No authority part: `app:s3cret@db/x` (a forgotten scheme) parses as scheme `app` with
-        // an opaque path, so the password is not recognised as one.
-        Ok(parsed) if !parsed.cannot_be_a_base() => url.to_owned(),
-        // Unparseable or opaque: keep only what cannot hold a password.
-        Ok(_) | Err(_) => match url.split_once('@') {
-            Some((_, host)) => format!("<redacted>@{host}"),
-            None => url.to_owned(),
+        // Opaque (`app:s3cret@db/x`, a forgotten `//`) or unparseable (`postgres://app:s3cret`,
+        // whose password reads as a bad port): keep only what cannot hold a password.
+        Ok(_) | Err(_) => match (url.rsplit_once('@'), url.split_once("://")) {
+            (Some((_, host)), _) => format!("<redacted>@{host}"),
+            (None, Some((scheme, _))) => format!("{scheme}://<redacted>"),
+            (None, None) => "<redacted>".into(),
         },
     }
 }
@@ -404,4 +436,34 @@ pub(crate) fn transient_backoff(attempt: u32) -> Duration {
     let base = 50u64.saturating_mul(1 << attempt.min(6)).min(2_000);
     let jitter = rand::random::<u64>() % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn no_shape_of_url_shows_its_password() {
+        let secret = "hunter2";
+        for url in [
+            format!("postgres://app:{secret}@db:5432/x"),
+            format!("postgres://db/x?password={secret}"),
+            format!("postgres:///x?host=db&port=1&PassWord={secret}"),
+            format!("postgres://app@db/x?sslpassword={secret}&sslmode=require"),
+            format!("postgres://app:{secret}"),
+            format!("postgres://app:{secret}/x"),
+            format!("postgres:app:{secret}@db/x"),
+            format!("app:{secret}@db/x"),
+            format!("sqlite://app:{secret}@x.db"),
+            secret.to_string(),
+        ] {
+            let shown = redact_url(&url);
+            assert!(!shown.contains(secret), "{url} shown as {shown}");
+        }
+        assert_eq!(
+            redact_url("sqlite:/tmp/my dir/x.db"),
+            "sqlite:/tmp/my dir/x.db"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+    }
 }

@@ -88,6 +88,8 @@ both_backends! {
             format!("mysql://app:{secret}@localhost/db"),
             format!("postgres//app:{secret}@localhost/db"),
             format!("app:{secret}@localhost/db"),
+            format!("postgres:app:{secret}@localhost/db"),
+            format!("postgres://app:{secret}"),
             String::new(),
         ];
         match db.backend() {

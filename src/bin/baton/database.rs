@@ -111,25 +111,42 @@ async fn probe_postgres(url: &str) -> Result<(), String> {
 /// The password in `url`, as written and percent-decoded (passwords shorter than 3 characters are
 /// left to the library's redaction: scrubbing them would garble every message).
 fn password_of(url: &str) -> Vec<String> {
-    let Some((_, rest)) = url.split_once("://") else {
-        return Vec::new();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let userinfo = match authority.rfind('@') {
-        Some(at) => &authority[..at],
-        // A password containing '/' cuts the authority short: look in the whole rest.
-        None => match rest.rfind('@') {
-            Some(at) => &rest[..at],
-            None => return Vec::new(),
-        },
-    };
-    let Some((_, password)) = userinfo.split_once(':') else {
-        return Vec::new();
-    };
-    let mut out = vec![password.to_owned()];
-    let decoded = percent_decode(password);
-    if decoded != password {
-        out.push(decoded);
+    let mut found = Vec::new();
+    // Query parameters such as `?password=…` or `&sslpassword=…`.
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split(['&', '#']) {
+            if let Some((key, value)) = pair.split_once('=')
+                && key.to_ascii_lowercase().contains("password")
+            {
+                found.push(value.to_owned());
+            }
+        }
+    }
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let userinfo = match authority.rfind('@') {
+            Some(at) => Some(&authority[..at]),
+            // A password containing '/' cuts the authority short: look in the whole rest.
+            None => match rest.rfind('@') {
+                Some(at) => Some(&rest[..at]),
+                // No '@' at all: `user:secret` would be read as host and port; a port is digits.
+                None => Some(authority).filter(|a| {
+                    a.split_once(':')
+                        .is_some_and(|(_, p)| !p.chars().all(|c| c.is_ascii_digit()))
+                }),
+            },
+        };
+        if let Some((_, password)) = userinfo.and_then(|u| u.split_once(':')) {
+            found.push(password.to_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for secret in found {
+        let decoded = percent_decode(&secret);
+        out.push(secret.clone());
+        if decoded != secret {
+            out.push(decoded);
+        }
     }
     out.retain(|p| p.chars().count() >= 3);
     out
@@ -192,6 +209,16 @@ mod tests {
         assert_eq!(password_of("postgres://u:se/cret@h/x"), vec!["se/cret"]);
         assert!(password_of("postgres://u@h/x").is_empty());
         assert!(password_of("sqlite:baton.db").is_empty());
+        assert_eq!(
+            password_of("postgres://h/x?password=secret"),
+            vec!["secret"]
+        );
+        assert_eq!(
+            password_of("postgres:///x?host=h&PASSWORD=secret&port=1"),
+            vec!["secret"]
+        );
+        assert_eq!(password_of("postgres://u:secret"), vec!["secret"]);
+        assert!(password_of("postgres://h:5432/x").is_empty());
     }
 
     #[test]
