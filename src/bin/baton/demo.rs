@@ -121,6 +121,7 @@ struct Timing {
 
 /// Runs the demo; exits 0 only when every check passed.
 pub(crate) async fn run(args: Args) -> Result<ExitCode, CliError> {
+    workload::check_size(args.workflows, args.steps)?;
     let metrics = latency::install()?;
     let out = args
         .events_out

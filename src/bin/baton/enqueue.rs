@@ -21,7 +21,7 @@ pub(crate) struct Args {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
     )]
     workflows: u32,
-    /// Steps per workflow: a root, N-2 parallel steps, and a join.
+    /// Steps per workflow: a root, M-2 parallel steps, and a join.
     #[arg(
         long,
         value_name = "M",
@@ -54,6 +54,7 @@ pub(crate) struct Args {
 
 /// Inserts the workflows and prints how many.
 pub(crate) async fn run(args: Args) -> Result<ExitCode, CliError> {
+    workload::check_size(args.workflows, args.steps)?;
     let builder = Baton::builder().sweeper(false).max_connections(8);
     let baton = args.db.connect(builder, Schema::Existing).await?;
     let shape = Shape {

@@ -159,7 +159,11 @@ async fn run_step(ctx: StepContext, stats: Arc<HandlerStats>) -> Result<(), Step
     let step_ms = ctx.args.get("step_ms").and_then(Value::as_u64).unwrap_or(0);
     stats.attempts.fetch_add(1, Relaxed);
     if step_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(step_ms)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(step_ms)) => {}
+            // `baton cancel`: stop working now (the step ends `cancelled` whatever we return).
+            _ = ctx.cancelled() => return Err(StepError::permanent("cancelled while working")),
+        }
     }
     if rand::random::<f64>() < fail_rate {
         stats.failures.fetch_add(1, Relaxed);
@@ -177,6 +181,22 @@ pub(crate) fn runner(concurrency: usize, stats: Arc<HandlerStats>) -> baton::run
         .concurrency(concurrency)
         .retry_backoff(RETRY_BACKOFF.0, RETRY_BACKOFF.1)
         .handler(KIND, move |ctx: StepContext| run_step(ctx, stats.clone()))
+}
+
+/// The most steps `demo` and `enqueue` build at once (workflows × steps): they are built in
+/// memory before they are inserted.
+const MAX_TOTAL_STEPS: u64 = 2_000_000;
+
+/// Refuses a workload too large to build in memory, with a clear error.
+pub(crate) fn check_size(workflows: u32, steps: u32) -> Result<(), CliError> {
+    let total = u64::from(workflows) * u64::from(steps);
+    if total > MAX_TOTAL_STEPS {
+        return Err(CliError::new(format!(
+            "{workflows} workflows × {steps} steps is {total} steps; at most {MAX_TOTAL_STEPS} \
+             at once (run enqueue several times for more)"
+        )));
+    }
+    Ok(())
 }
 
 /// Database connections for `concurrency` workers plus detection and the sweep.
@@ -212,6 +232,14 @@ mod tests {
             fail_rate: 0.1,
             step_ms: 0,
         }
+    }
+
+    #[test]
+    fn workloads_too_large_to_build_are_refused() {
+        assert!(check_size(200, 20).is_ok());
+        assert!(check_size(2_000, 1_000).is_ok());
+        let err = check_size(1_000_000, 1_000_000).unwrap_err().to_string();
+        assert!(err.contains("1000000000000 steps"), "{err}");
     }
 
     #[test]
