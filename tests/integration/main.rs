@@ -26,4 +26,5 @@ mod reports;
 mod retention;
 mod small_workflows;
 mod subscribers;
+mod tls;
 mod waiting;
