@@ -10,6 +10,8 @@ use crate::failure::CliError;
 
 /// How long the rolling summary keeps samples: longer than any demo, so it covers the whole run.
 const SUMMARY_WINDOW: Duration = Duration::from_secs(6 * 3600);
+/// How often recorded samples are moved into the summaries.
+const UPKEEP_EVERY: Duration = Duration::from_millis(500);
 
 /// Installs a Prometheus recorder as the process's global `metrics` recorder.
 pub(crate) fn install() -> Result<PrometheusHandle, CliError> {
@@ -21,6 +23,15 @@ pub(crate) fn install() -> Result<PrometheusHandle, CliError> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| CliError::new(format!("installing the metrics recorder: {e}")))?;
+    // Without its HTTP listener the exporter needs upkeep: it moves recorded samples into the
+    // rolling summaries while their time is still current.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP_EVERY).await;
+            upkeep.run_upkeep();
+        }
+    });
     Ok(handle)
 }
 
