@@ -9,7 +9,7 @@ use baton::{Baton, StepId, TerminalState, Topic, Workflow, WorkflowId};
 use sqlx::postgres::PgListener;
 use tokio::sync::Barrier;
 
-use crate::support::{Backend, TestDb, holds_for, poll_until, subscribe};
+use crate::support::{Backend, TestDb, holds_for, poll_until, subscribe, wait_until};
 
 const WORKFLOWS: usize = 1_000;
 const STEPS: usize = 5;
@@ -99,6 +99,13 @@ async fn one_notification_per_claimed_workflow_postgres() {
     );
     assert_eq!(distinct.len(), WORKFLOWS, "a workflow was notified twice");
 
+    // The claimer's subscribers have it at once; the other node's relay it from its listener.
+    wait_until(
+        "each subscriber has every event",
+        Duration::from_secs(30),
+        || events_a.len() >= WORKFLOWS && events_b.len() >= WORKFLOWS,
+    )
+    .await;
     holds_for(
         "each subscriber has each event once",
         Duration::from_millis(300),
