@@ -284,8 +284,11 @@ both_backends! {
         let (release_z, release_z_rx) = watch::channel(false);
         let (release_t, release_t_rx) = watch::channel(false);
         let returned = Arc::new(AtomicU32::new(0));
+        // A polls for work only every minute: once `z` is rescued, A (which has a free slot)
+        // must not fetch it again before B does; the test wakes A when `t` is ready.
         let runner_a = Runner::builder()
             .concurrency(2)
+            .poll_interval(Duration::from_secs(60))
             .handler("zombie", blocking_handler(started.clone(), release_z_rx, returned.clone(), || Ok(())))
             .handler("tail", blocking_handler(started, release_t_rx, returned.clone(), || Ok(())))
             .start(&a);
@@ -323,6 +326,14 @@ both_backends! {
         // A renews its lease (every third of it) before it takes on `t`.
         tokio::time::sleep(LEASE_A / 2).await;
         release_p.send(true).unwrap();
+        poll_until("t became available", Duration::from_secs(10), || async {
+            raw.step(id, "t").await.0 == "available"
+        })
+        .await;
+        // Any insert wakes A's fetcher (this workflow's step is of a kind nobody runs).
+        a.insert_workflow(Workflow::new("wake-up").step(Step::new("w", "nobody")))
+            .await
+            .unwrap();
         let started_t = tokio::time::timeout(Duration::from_secs(10), started_rx.recv()).await;
         assert_eq!(started_t.unwrap(), Some(1), "t started on A");
         runner_b.shutdown().await;
