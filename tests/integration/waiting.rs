@@ -30,7 +30,8 @@ struct Waited {
 
 both_backends! {
     /// 50 one-step workflows; for each, 6 waiters call at random offsets within ±20 ms of the
-    /// moment the step is released (so the claim lands among them) and 2 more 100–300 ms later.
+    /// moment the step is released (so the claim lands among them) and 2 more 100–300 ms later,
+    /// once the claim is stored.
     /// Every other waiter is a subscriber actor on `Topic::Workflow` instead of `wait_finished`.
     async fn wait_finished_at_any_instant_around_the_claim(db: TestDb) {
         const WORKFLOWS: u64 = 50;
@@ -74,6 +75,12 @@ both_backends! {
                         let baton = baton.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep_until(t0 + Duration::from_millis(offset)).await;
+                            if k >= AROUND {
+                                // A late waiter: after the claim, however slow the machine.
+                                while baton.status(id).await.unwrap().finished.is_none() {
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                            }
                             let (called_at, started) = (chrono::Utc::now(), Instant::now());
                             if k % 2 == 0 {
                                 let result = baton.wait_finished(id, Duration::from_secs(5)).await;
