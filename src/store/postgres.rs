@@ -562,7 +562,7 @@ impl PgStore {
             let state: String = r.get(3);
             let state = state.parse().unwrap_or(StepState::Retryable);
             rescued.count += 1;
-            after_terminal(
+            after_rescue(
                 &mut tx,
                 WorkflowId(r.get(1)),
                 StepId(r.get(0)),
@@ -776,10 +776,11 @@ async fn add_steps(
     Ok(())
 }
 
-/// What follows a step's new state inside the same transaction: a completed step promotes its
-/// dependents; a discarded or cancelled one cancels every transitive dependent. Terminal
-/// transitions are appended to `out`.
-async fn after_terminal(
+/// What follows a rescued step's new state inside the same transaction: a discarded or cancelled
+/// step is a terminal transition and cancels every transitive dependent (a retryable one is
+/// neither). Terminal transitions are appended to `out`. (An attempt's own end does the same
+/// within its one statement, see `end_attempt`.)
+async fn after_rescue(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     workflow_id: WorkflowId,
     step_id: StepId,
@@ -787,10 +788,6 @@ async fn after_terminal(
     state: StepState,
     out: &mut Vec<Transition>,
 ) -> Result<()> {
-    const PROMOTE: &str = "UPDATE baton_steps SET pending_deps = pending_deps - 1, \
-             state = CASE WHEN pending_deps = 1 THEN 'available' ELSE state END, run_at = now() \
-         WHERE state = 'scheduled' \
-           AND id IN (SELECT step_id FROM baton_step_deps WHERE depends_on = $1)";
     const CASCADE: &str = "WITH RECURSIVE dependents(id) AS ( \
              SELECT step_id FROM baton_step_deps WHERE depends_on = $1 \
              UNION SELECT d.step_id FROM baton_step_deps d JOIN dependents x ON d.depends_on = x.id) \
@@ -798,34 +795,21 @@ async fn after_terminal(
          WHERE id IN (SELECT id FROM dependents) \
            AND state IN ('scheduled', 'available', 'executing', 'retryable') \
          RETURNING id";
-    let ctx = "updating a step's dependents";
     let Ok(terminal) = TerminalState::try_from(state) else {
         return Ok(());
     };
-    let mut this = Transition::new(workflow_id, step_id, terminal);
-    if terminal == TerminalState::Completed {
-        let promoted = sqlx::query(PROMOTE)
-            .bind(step_id.0)
-            .execute(&mut **tx)
-            .await
-            .map_err(Error::db(ctx))?
-            .rows_affected();
-        this.dependents_waiting = promoted > 0;
-        out.push(this);
-    } else {
-        out.push(this);
-        let cancelled: Vec<Uuid> = sqlx::query_scalar(CASCADE)
-            .bind(step_id.0)
-            .bind(format!("dependency {name:?} did not complete"))
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(Error::db(ctx))?;
-        out.extend(
-            cancelled
-                .into_iter()
-                .map(|id| Transition::new(workflow_id, StepId(id), TerminalState::Cancelled)),
-        );
-    }
+    out.push(Transition::new(workflow_id, step_id, terminal));
+    let cancelled: Vec<Uuid> = sqlx::query_scalar(CASCADE)
+        .bind(step_id.0)
+        .bind(format!("dependency {name:?} did not complete"))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(Error::db("cancelling a rescued step's dependents"))?;
+    out.extend(
+        cancelled
+            .into_iter()
+            .map(|id| Transition::new(workflow_id, StepId(id), TerminalState::Cancelled)),
+    );
     Ok(())
 }
 
